@@ -1,0 +1,3 @@
+from skinflow.cli import main
+
+main()

@@ -1,0 +1,67 @@
+"""Entry point: ``python -m skinflow {fit,validate,test,predict} --config <yaml>`` plus kit commands.
+
+The Lightning subcommands come from ``LightningCLI`` in subclass mode (any stage as ``model``, any DataModule as
+``data``); MLflow is the default logger. Kit commands:
+
+- ``synth --out DIR --per-class N --seed S``: write synthetic lesions and their CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
+from lightning.pytorch.cli import LightningCLI  # noqa: E402
+
+from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
+
+TRAINER_DEFAULTS = {
+    "logger": {"class_path": "skinflow.tracking.mlflow.SkinflowMLFlowLogger"},
+    "default_root_dir": "mlruns",
+}
+
+
+class SkinflowCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, run the test split on the best checkpoint (fit only)")
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> SkinflowCLI:
+    return SkinflowCLI(
+        LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        save_config_callback=MLflowConfigCallback, save_config_kwargs={"save_to_log_dir": False},
+        trainer_defaults=TRAINER_DEFAULTS, args=args, run=run, auto_configure_optimizers=False,
+    )
+
+
+def synth_command(argv: list[str]) -> None:
+    from skinflow.data.synthetic import generate
+
+    parser = argparse.ArgumentParser(prog="python -m skinflow synth", description="Write synthetic skin lesions and their CSV.")
+    parser.add_argument("--out", required=True, help="output folder (images/ and labels.csv)")
+    parser.add_argument("--per-class", type=int, default=48, help="images per class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=160, help="image side in pixels")
+    ns = parser.parse_args(argv)
+    print(generate(ns.out, ns.per_class, ns.seed, ns.size))
+
+
+KIT_COMMANDS = {"synth": synth_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in KIT_COMMANDS:
+        KIT_COMMANDS[words[0]](words[1:])
+    else:
+        lightning_cli(argv)  # None: LightningCLI reads sys.argv itself

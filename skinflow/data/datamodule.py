@@ -1,0 +1,339 @@
+"""``Fitzpatrick17kDataModule``: CSV + image folder -> checked records -> splits -> augmented, prompted batches.
+
+``prepare_data`` (rank 0) reads the CSV, validates it, checks every image (progress bar), and caches the clean
+record table as a ``datasets.Dataset`` under ``cache_dir`` keyed by a fingerprint of the CSV, the image
+folder's listing and the options; a second run reuses it. Missing or unreadable images are counted, listed in
+``<cache>/report.json`` and skipped with a warning (``strict_images: true`` makes them fatal). ``setup``
+filters labels, assigns the split preset and builds the datasets; batches are collated through the backbone's
+processor (taken from the LightningModule, so model and data always share one tokenizer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from skinflow.data.collate import VisionLanguageCollator
+from skinflow.data.formats import CAPTION_COLUMNS, PROMPTS, Target
+from skinflow.data.ontology import ONTOLOGY
+from skinflow.data.splits import PRESETS, assign_splits
+from skinflow.data.synthetic import generate
+from skinflow.data.transforms import eval_transform, train_transform
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("md5hash", "label")
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
+WRONGLY_LABELLED = "3 Wrongly labelled"
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, row or column."""
+
+
+def differential(label: str, candidates: list[str], counts: dict[str, int]) -> tuple[str, ...]:
+    """``label`` then the five candidates closest in the label tree (same nine-group, then same three-class),
+    ties broken by frequency then name: the ranked differential the warmup teaches.
+
+    >>> differential("melanoma", ["psoriasis", "nevocytic nevus", "malignant melanoma", "basal cell carcinoma"], {})
+    ('melanoma', 'malignant melanoma', 'basal cell carcinoma', 'nevocytic nevus', 'psoriasis')
+    """
+    def distance(other: str) -> tuple:
+        tree = 0 if ONTOLOGY.nine(other) == ONTOLOGY.nine(label) else 1 if ONTOLOGY.three(other) == ONTOLOGY.three(label) else 2
+        return tree, -counts.get(other, 0), other
+
+    others = sorted((c for c in candidates if c != label), key=distance)
+    return (label, *others[:5])
+
+
+class RecordDataset(Dataset):
+    """One split: records (a ``datasets.Dataset``) + image folder + transform -> dicts for the collator."""
+
+    def __init__(self, records, image_dir: Path, transform, differentials: dict[str, tuple[str, ...]],
+                 fitzpatrick_column: str, with_caption: bool):
+        self.records, self.image_dir, self.transform = records, image_dir, transform
+        self.differentials, self.fst_column, self.with_caption = differentials, fitzpatrick_column, with_caption
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def target(self, row: dict) -> Target:
+        caption = {name: row[col] for name, col in CAPTION_COLUMNS.items() if row.get(col)} if self.with_caption else {}
+        return Target(
+            label=row["label"], nine=ONTOLOGY.nine(row["label"]), three=ONTOLOGY.three(row["label"]),
+            fitzpatrick=int(row[self.fst_column]), md5hash=row["md5hash"], caption=caption or None,
+            differential=self.differentials.get(row["label"], (row["label"],)),
+        )
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.records[i]
+        with Image.open(self.image_dir / row["image_file"]) as img:
+            image = np.asarray(img.convert("RGB"))
+        return {"image": self.transform(image=image)["image"], "target": self.target(row)}
+
+
+class Fitzpatrick17kDataModule(LightningDataModule):
+    """Fitzpatrick17k-style data: the label CSV plus a folder of ``<md5hash>.jpg|png`` images.
+
+    Args:
+        csv_path: label CSV (Fitzpatrick17k columns; caption columns optional). ``None``: the embedded synthetic
+            lesions, generated into ``cache_dir`` on first use.
+        image_dir: folder of images; default ``<csv folder>/images``.
+        synthetic_per_class: images per class when generating synthetic data.
+        synthetic_seed: seed of the synthetic generator.
+        cache_dir: where synthetic images, the cached record table and the data report go.
+        split: ``random`` | ``a12`` | ``a34`` | ``a56`` | ``source_dermaamin`` | ``source_atlas`` | ``manifest``.
+        val_fraction: share of validation rows (of the training side for holdout presets).
+        test_fraction: share of test rows for ``random``.
+        split_seed: seed of the split.
+        split_manifest: CSV with ``md5hash,split`` columns for ``split: manifest``.
+        labels: keep only these labels.
+        min_images_per_label: drop labels with fewer images (after cleaning).
+        drop_wrongly_labelled: drop rows with ``qc == "3 Wrongly labelled"``.
+        fitzpatrick_column: skin-type column (``fitzpatrick_scale`` as in the literature, or ``fitzpatrick_centaur``).
+        image_size: side of the square model input, a multiple of 28 (patch 14 x merge 2).
+        augment: albumentations training augmentation on/off.
+        colour_strength: bound of the brightness/contrast jitter (see ``skinflow.data.transforms``).
+        prompt: ``warmup`` | ``caption`` | ``diagnosis`` (see ``skinflow.data.formats.PROMPTS``).
+        with_caption: put caption fields (where the data has them) into the targets.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: DataLoader workers.
+        strict_images: raise on a missing or unreadable image instead of skipping it.
+        progress: show the image-check progress bar.
+    """
+
+    def __init__(
+        self,
+        csv_path: str | None = None,
+        image_dir: str | None = None,
+        synthetic_per_class: int = 96,
+        synthetic_seed: int = 0,
+        cache_dir: str = ".cache/skinflow",
+        split: str = "random",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        split_manifest: str | None = None,
+        labels: list[str] | None = None,
+        min_images_per_label: int = 0,
+        drop_wrongly_labelled: bool = True,
+        fitzpatrick_column: str = "fitzpatrick_scale",
+        image_size: int = 112,
+        augment: bool = True,
+        colour_strength: float = 0.1,
+        prompt: str = "warmup",
+        with_caption: bool = True,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        strict_images: bool = False,
+        progress: bool = True,
+    ):
+        super().__init__()
+        if split not in PRESETS:
+            raise ValueError(f"split={split!r} is not one of {PRESETS}")
+        if image_size % 28:
+            raise ValueError(f"image_size={image_size} must be a multiple of 28 (patch 14 x spatial merge 2)")
+        if prompt not in PROMPTS:
+            raise ValueError(f"prompt={prompt!r} is not one of {tuple(PROMPTS)}")
+        self.save_hyperparameters(logger=False)
+        self.processor = None
+        self.report: dict = {}
+        self.splits: dict[str, RecordDataset] = {}
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    @property
+    def csv_file(self) -> Path:
+        if self.hparams.csv_path is not None:
+            return Path(self.hparams.csv_path)
+        name = f"synthetic-{self.hparams.synthetic_per_class}-seed{self.hparams.synthetic_seed}"
+        return Path(self.hparams.cache_dir) / name / "labels.csv"
+
+    @property
+    def image_folder(self) -> Path:
+        return Path(self.hparams.image_dir) if self.hparams.image_dir else self.csv_file.parent / "images"
+
+    def _fingerprint(self) -> str:
+        h = hashlib.sha256(self.csv_file.read_bytes())
+        if self.image_folder.is_dir():
+            for entry in sorted(os.scandir(self.image_folder), key=lambda e: e.name):
+                h.update(f"{entry.name}:{entry.stat().st_size}\n".encode())
+        keys = ("drop_wrongly_labelled", "fitzpatrick_column")
+        h.update(json.dumps({k: self.hparams[k] for k in keys}, sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    def _table_dir(self) -> Path:
+        return Path(self.hparams.cache_dir) / "tables" / self._fingerprint()
+
+    # -- prepare ---------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.hparams.csv_path is None and not self.csv_file.exists():
+            generate(self.csv_file.parent, self.hparams.synthetic_per_class, self.hparams.synthetic_seed,
+                     progress=self.hparams.progress)
+        if not self.csv_file.exists():
+            raise DataError(f"label CSV not found: {self.csv_file}")
+        table_dir = self._table_dir()
+        if (table_dir / "dataset_info.json").exists() or (table_dir / "state.json").exists():
+            return
+        table, report = self.clean_table(self.read_csv())
+        import datasets
+
+        datasets.Dataset.from_pandas(table, preserve_index=False).save_to_disk(str(table_dir))
+        (table_dir / "report.json").write_text(json.dumps(report, indent=2))
+
+    def read_csv(self) -> pd.DataFrame:
+        """Read and validate the CSV: required columns, known labels (errors name the column or row)."""
+        df = pd.read_csv(self.csv_file, dtype={"md5hash": str, "qc": str, "url": str, "url_alphanum": str}, keep_default_na=False)
+        fst = self.hparams.fitzpatrick_column
+        for column in (*REQUIRED_COLUMNS, fst):
+            if column not in df.columns:
+                raise DataError(f"{self.csv_file}: required column {column!r} is missing (columns: {list(df.columns)})")
+        unknown = ~df["label"].isin(ONTOLOGY.labels)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            raise DataError(
+                f"{self.csv_file} row {row + 2} (md5hash {df['md5hash'].iloc[row]}): label {df['label'].iloc[row]!r} is not "
+                f"one of the 114 Fitzpatrick17k labels ({int(unknown.sum())} such rows)"
+            )
+        df[fst] = pd.to_numeric(df[fst], errors="coerce").fillna(-1).astype(int)
+        for column in ("qc", "url_alphanum", *CAPTION_COLUMNS.values()):
+            if column not in df.columns:
+                df[column] = ""
+        return df
+
+    def _find_image(self, md5: str) -> str | None:
+        for suffix in IMAGE_SUFFIXES:
+            if (self.image_folder / f"{md5}{suffix}").is_file():
+                return f"{md5}{suffix}"
+        return None
+
+    def clean_table(self, df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+        """Drop duplicates, wrongly-labelled rows and bad images; return the clean table and a report."""
+        from tqdm.auto import tqdm
+
+        report: dict = {"csv": str(self.csv_file), "image_dir": str(self.image_folder), "rows": len(df)}
+        duplicated = df["md5hash"].duplicated(keep="first")
+        report["duplicate_md5hash"] = df.loc[duplicated, "md5hash"].tolist()
+        if duplicated.any():
+            warnings.warn(f"{self.csv_file}: {int(duplicated.sum())} rows repeat an md5hash; keeping the first of each")
+        df = df[~duplicated]
+        wrong = df["qc"] == WRONGLY_LABELLED
+        report["wrongly_labelled_dropped"] = int(wrong.sum()) if self.hparams.drop_wrongly_labelled else 0
+        if self.hparams.drop_wrongly_labelled:
+            df = df[~wrong]
+        files, bad = [], []
+        for md5 in tqdm(df["md5hash"], desc=f"checking images in {self.image_folder}", disable=not self.hparams.progress, unit="img"):
+            name = self._find_image(md5)
+            reason = None if name else "missing"
+            if name:
+                try:
+                    with Image.open(self.image_folder / name) as img:
+                        img.convert("RGB").load()
+                except Exception as err:  # any decoder error means the file is unusable
+                    reason = f"unreadable: {type(err).__name__}: {err}"
+            if reason:
+                bad.append({"md5hash": md5, "reason": reason})
+            files.append(name)
+        report["bad_images"] = bad
+        if bad:
+            listing = ", ".join(f"{b['md5hash']} ({b['reason']})" for b in bad[:5])
+            message = f"{len(bad)} of {len(df)} images in {self.image_folder} are missing or unreadable: {listing}"
+            if self.hparams.strict_images:
+                raise DataError(message)
+            warnings.warn(message + "; skipped (listed in the data report)")
+        df = df.assign(image_file=files)
+        df = df[df["image_file"].notna()]
+        report["kept"] = len(df)
+        columns = ["md5hash", "label", self.hparams.fitzpatrick_column, "qc", "url_alphanum", "image_file", *CAPTION_COLUMNS.values()]
+        return df[columns].reset_index(drop=True), report
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        import datasets
+
+        table_dir = self._table_dir()
+        if not table_dir.exists():
+            self.prepare_data()
+        records = datasets.load_from_disk(str(table_dir))
+        self.report = json.loads((table_dir / "report.json").read_text())
+        self.report["table"] = str(table_dir)
+        df = records.select_columns(["md5hash", "label", self.hparams.fitzpatrick_column, "url_alphanum"]).to_pandas()
+        keep = self._label_filter(df)
+        assigned = assign_splits(
+            df[keep], self.hparams.split, self.hparams.val_fraction, self.hparams.test_fraction,
+            self.hparams.split_seed, self.hparams.split_manifest, self.hparams.fitzpatrick_column,
+        ).reindex(df.index, fill_value="drop")
+        train_labels = df.loc[assigned == "train", "label"]
+        counts = train_labels.value_counts().to_dict()
+        candidates = sorted(counts)
+        differentials = {label: differential(label, candidates, counts) for label in df["label"].unique()}
+        size = self.hparams.image_size
+        transforms = {
+            "train": train_transform(size, self.hparams.colour_strength) if self.hparams.augment else eval_transform(size),
+            "val": eval_transform(size), "test": eval_transform(size),
+        }
+        for name in ("train", "val", "test"):
+            idx = np.flatnonzero((assigned == name).to_numpy())
+            self.splits[name] = RecordDataset(
+                records.select(idx), self.image_folder, transforms[name], differentials,
+                self.hparams.fitzpatrick_column, self.hparams.with_caption,
+            )
+        self.report["splits"] = {name: len(ds) for name, ds in self.splits.items()}
+        self.report["dropped_by_split_or_filter"] = int((assigned == "drop").sum())
+        self.report["labels"] = candidates
+        log.info("data: %s", {k: self.report[k] for k in ("rows", "kept", "splits")})
+
+    def _label_filter(self, df: pd.DataFrame) -> pd.Series:
+        keep = pd.Series(True, index=df.index)
+        if self.hparams.labels:
+            unknown = [label for label in self.hparams.labels if label not in ONTOLOGY]
+            if unknown:
+                raise DataError(f"labels: {unknown} are not Fitzpatrick17k labels")
+            keep &= df["label"].isin(self.hparams.labels)
+        if self.hparams.min_images_per_label:
+            counts = df.loc[keep, "label"].value_counts()
+            keep &= df["label"].map(counts).fillna(0) >= self.hparams.min_images_per_label
+        return keep
+
+    # -- loaders ---------------------------------------------------------------------------------------------
+    def collator(self) -> VisionLanguageCollator:
+        processor = self.processor
+        if processor is None and self.trainer is not None:
+            processor = getattr(self.trainer.lightning_module, "processor", None)
+        if processor is None:
+            raise RuntimeError("Fitzpatrick17kDataModule needs a processor: set dm.processor or attach it to a Trainer with a skinflow stage")
+        return VisionLanguageCollator(processor, self.hparams.prompt)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        batch = self.hparams.batch_size if name == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
+        return DataLoader(
+            self.splits[name], batch_size=batch, shuffle=shuffle, num_workers=self.hparams.num_workers,
+            collate_fn=self.collator(), drop_last=False, persistent_workers=self.hparams.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.hparams.split_seed) if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

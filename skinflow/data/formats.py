@@ -1,0 +1,162 @@
+"""Output formats, prompts and the target record: the single module parsers, rewards and warmup targets share.
+
+A completion has up to three blocks, in this order (DESIGN.md §3)::
+
+    <caption>
+    colour: red
+    ...eight fields, fixed names and order...
+    </caption>
+    <answer>
+    1. psoriasis
+    2. eczema
+    </answer>
+
+Stage I asks for the caption block, Stage II for the answer block (optionally after ``<think>...</think>``),
+and the supervised warmup's target is the caption block (when the record has a caption) then the answer block.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from skinflow.data.ontology import canonicalize
+
+CAPTION_FIELDS: tuple[str, ...] = (
+    "colour",
+    "location",
+    "shape",
+    "lesion type",
+    "size",
+    "border",
+    "surface",
+    "distribution",
+)
+# CSV column of each caption field (a space is awkward in column names).
+CAPTION_COLUMNS: dict[str, str] = {name: name.replace(" ", "_") for name in CAPTION_FIELDS}
+MAX_RANKS = 6
+
+SYSTEM_PROMPT = "You are a dermatology assistant."
+PROMPTS: dict[str, str] = {
+    "warmup": (
+        "Describe the skin lesion in <caption></caption> with the fields colour, location, shape, lesion type, "
+        "size, border, surface, distribution; then list up to 6 diagnoses, most likely first, in <answer></answer>."
+    ),
+    "caption": (
+        "Describe the skin lesion in <caption></caption> with the fields colour, location, shape, lesion type, "
+        "size, border, surface, distribution."
+    ),
+    "diagnosis": "List up to 6 diagnoses for this skin lesion, most likely first, in <answer></answer>.",
+}
+SPECIAL_TAGS = ("<caption>", "</caption>", "<answer>", "</answer>", "<think>", "</think>")
+
+
+@dataclass
+class Target:
+    """What is known about one image: the reference every metric and reward compares against.
+
+    Not frozen: Lightning's batch transfer rebuilds dataclasses field by field and rejects frozen ones.
+    """
+
+    label: str
+    nine: str
+    three: str
+    fitzpatrick: int = -1
+    md5hash: str = ""
+    caption: dict[str, str] | None = None
+    differential: tuple[str, ...] = field(default_factory=tuple)
+
+
+def render_caption(fields: dict[str, str]) -> str:
+    """The caption block for the fields present in ``fields`` (schema order, unknown keys ignored)."""
+    lines = [f"{name}: {fields[name]}" for name in CAPTION_FIELDS if fields.get(name)]
+    return "<caption>\n" + "\n".join(lines) + "\n</caption>"
+
+
+def render_answer(labels: list[str] | tuple[str, ...]) -> str:
+    """The ranked-answer block: at most ``MAX_RANKS`` numbered entries, most likely first."""
+    lines = [f"{rank}. {label}" for rank, label in enumerate(labels[:MAX_RANKS], start=1)]
+    return "<answer>\n" + "\n".join(lines) + "\n</answer>"
+
+
+def render_target(target: Target, with_caption: bool = True) -> str:
+    """The warmup's teacher-forced text: caption block (if any) then answer block."""
+    answer = render_answer((target.label, *[d for d in target.differential if d != target.label]))
+    if with_caption and target.caption:
+        return render_caption(target.caption) + "\n" + answer
+    return answer
+
+
+_CONTENT = re.compile(r"^(?:[a-z ]+: |\d+\. )(.+)$", re.MULTILINE)
+
+
+def content_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the *content* of a rendered target: caption values and answer entries.
+
+    Everything else (tags, field names, numbering, newlines) is format, the same for every image.
+
+    >>> text = render_caption({"colour": "red"})
+    >>> [text[a:b] for a, b in content_spans(text)]
+    ['red']
+    """
+    return [m.span(1) for m in _CONTENT.finditer(text)]
+
+
+_BLOCK = {tag: re.compile(rf"<{tag}>(.*?)(?:</{tag}>|\Z)", re.DOTALL) for tag in ("caption", "answer")}
+_LIST_MARKER = re.compile(r"^\s*(?:\d+\s*[.):-]|[-*•])\s*")
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """Canonical labels in rank order (deduplicated) and whether the block was found and closed."""
+
+    labels: tuple[str, ...]
+    status: str  # "ok" | "unclosed" | "missing" | "empty"
+    unknown: int = 0  # entries that named no ontology label
+
+
+def parse_answer(text: str, k: int = MAX_RANKS) -> ParsedAnswer:
+    """Parse the ranked-answer block of ``text`` into at most ``k`` canonical labels. Never raises.
+
+    >>> parse_answer("<answer>\\n1. Psoriasis\\n2. eczema\\n3. psoriasis\\n</answer>")
+    ParsedAnswer(labels=('psoriasis', 'eczema'), status='ok', unknown=0)
+    """
+    if not isinstance(text, str):
+        return ParsedAnswer((), "missing")
+    match = _BLOCK["answer"].search(text)
+    if match is None:
+        return ParsedAnswer((), "missing")
+    status = "ok" if f"</answer>" in text[match.start():] else "unclosed"
+    labels: list[str] = []
+    unknown = 0
+    for line in match.group(1).splitlines():
+        entry = _LIST_MARKER.sub("", line).strip()
+        if not entry:
+            continue
+        label = canonicalize(entry)
+        if label is None:
+            unknown += 1
+        elif label not in labels:
+            labels.append(label)
+        if len(labels) == k:
+            break
+    if not labels and status == "ok":
+        status = "empty"
+    return ParsedAnswer(tuple(labels), status, unknown)
+
+
+def parse_caption(text: str) -> tuple[dict[str, str], str]:
+    """Parse the caption block into ``{field: value}`` for the schema's fields, plus a status. Never raises."""
+    if not isinstance(text, str):
+        return {}, "missing"
+    match = _BLOCK["caption"].search(text)
+    if match is None:
+        return {}, "missing"
+    fields: dict[str, str] = {}
+    for line in match.group(1).splitlines():
+        name, sep, value = line.partition(":")
+        name = " ".join(name.strip().lower().split())
+        if sep and name in CAPTION_FIELDS and name not in fields and value.strip():
+            fields[name] = " ".join(value.strip().split())
+    status = "ok" if "</caption>" in text[match.start():] else "unclosed"
+    return fields, status if fields else "empty"

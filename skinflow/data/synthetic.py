@@ -1,0 +1,192 @@
+"""Procedurally drawn skin lesions: the kit's embedded default data (``python -m skinflow synth``).
+
+Fifteen real Fitzpatrick17k labels, spanning all three partitions, are each defined by a *combination* of four
+drawn attributes (colour, shape, surface, distribution). Every attribute value is shared by at least two
+labels, so no single attribute decides the class (``tests/test_synthetic.py`` checks this). The remaining
+caption fields (lesion type, size, border, location) follow the label's clinical picture; size and border are
+drawn visibly, location is not (as in many close-up clinical photographs).
+
+Backgrounds take six skin tones, one per Fitzpatrick-like level, with shading, noise, hairs and freckles as
+clutter. The same ``seed`` always gives byte-identical images and CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from skinflow.data.formats import CAPTION_COLUMNS, CAPTION_FIELDS
+from skinflow.data.ontology import ONTOLOGY
+
+
+@dataclass(frozen=True)
+class LesionClass:
+    label: str
+    colour: str
+    shape: str
+    surface: str
+    distribution: str
+    lesion_type: str
+    border: str
+    sizes: tuple[str, ...]
+    locations: tuple[str, ...]
+
+
+LESION_CLASSES: tuple[LesionClass, ...] = (
+    LesionClass("psoriasis", "red", "round", "scaly", "multiple", "plaque", "well-defined", ("1-3 cm", ">3 cm"), ("elbow", "knee", "scalp", "trunk")),
+    LesionClass("eczema", "red", "irregular", "scaly", "single", "patch", "ill-defined", ("1-3 cm", ">3 cm"), ("hand", "flexures", "face")),
+    LesionClass("pyogenic granuloma", "red", "round", "smooth", "single", "nodule", "well-defined", ("<1 cm", "1-3 cm"), ("finger", "lip", "face")),
+    LesionClass("lyme disease", "red", "annular", "smooth", "single", "patch", "well-defined", (">3 cm",), ("trunk", "thigh", "arm")),
+    LesionClass("granuloma annulare", "pink", "annular", "smooth", "multiple", "plaque", "well-defined", ("1-3 cm",), ("hand", "foot", "arm")),
+    LesionClass("mycosis fungoides", "pink", "irregular", "scaly", "multiple", "patch", "ill-defined", ("1-3 cm", ">3 cm"), ("trunk", "buttock", "thigh")),
+    LesionClass("basal cell carcinoma", "pink", "round", "smooth", "single", "nodule", "well-defined", ("<1 cm", "1-3 cm"), ("nose", "face", "ear")),
+    LesionClass("squamous cell carcinoma", "pink", "irregular", "crusted", "single", "nodule", "ill-defined", ("1-3 cm",), ("hand", "scalp", "lip")),
+    LesionClass("melanoma", "brown", "irregular", "smooth", "single", "macule", "ill-defined", ("1-3 cm",), ("back", "leg", "trunk")),
+    LesionClass("nevocytic nevus", "brown", "round", "smooth", "single", "papule", "well-defined", ("<1 cm",), ("back", "face", "arm")),
+    LesionClass("seborrheic keratosis", "brown", "round", "crusted", "multiple", "papule", "well-defined", ("<1 cm", "1-3 cm"), ("back", "chest", "face")),
+    LesionClass("kaposi sarcoma", "purple", "round", "smooth", "multiple", "nodule", "well-defined", ("<1 cm", "1-3 cm"), ("foot", "leg", "oral mucosa")),
+    LesionClass("lichen planus", "purple", "irregular", "scaly", "multiple", "papule", "well-defined", ("<1 cm",), ("wrist", "shin", "oral mucosa")),
+    LesionClass("vitiligo", "white", "irregular", "smooth", "multiple", "macule", "well-defined", ("1-3 cm", ">3 cm"), ("hand", "face", "genitals")),
+    LesionClass("milia", "white", "round", "smooth", "multiple", "papule", "well-defined", ("<1 cm",), ("eyelid", "cheek", "face")),
+)
+CLASS_KEY_ATTRIBUTES = ("colour", "shape", "surface", "distribution")
+
+# Six background tones, light to dark, one per Fitzpatrick-like level (sRGB).
+SKIN_TONES: dict[int, tuple[int, int, int]] = {
+    1: (246, 216, 196), 2: (232, 190, 160), 3: (208, 160, 122),
+    4: (170, 120, 85), 5: (120, 80, 55), 6: (78, 52, 38),
+}
+LESION_RGB: dict[str, tuple[int, int, int]] = {
+    "red": (200, 30, 35), "pink": (240, 140, 170), "brown": (95, 55, 25),
+    "purple": (110, 40, 130), "white": (250, 248, 240),
+}
+SIZE_RADIUS: dict[str, tuple[float, float]] = {"<1 cm": (0.08, 0.11), "1-3 cm": (0.15, 0.2), ">3 cm": (0.26, 0.32)}
+CSV_COLUMNS = (
+    "md5hash", "fitzpatrick_scale", "fitzpatrick_centaur", "label", "nine_partition_label",
+    "three_partition_label", "qc", "url", "url_alphanum", *CAPTION_COLUMNS.values(),
+)
+
+
+def _shape_mask(rng: np.random.Generator, size: int, shape: str, cx: float, cy: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    aspect = rng.uniform(0.8, 1.2)
+    dx, dy = (xx - cx) / aspect, (yy - cy) * aspect
+    rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
+    if shape == "irregular":
+        wobble = sum(rng.uniform(0.12, 0.25) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+        return (rho < r * (1 + 0.6 * wobble)).astype(np.float32)
+    if shape == "annular":
+        return ((rho < r) & (rho > 0.62 * r)).astype(np.float32)
+    return (rho < r).astype(np.float32)
+
+
+def _background(rng: np.random.Generator, size: int, level: int) -> np.ndarray:
+    tone = np.array(SKIN_TONES[level], np.float32) * rng.uniform(0.94, 1.06)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    angle = rng.uniform(0, 2 * np.pi)
+    shade = 1 + 0.08 * ((xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle))
+    img = tone[None, None, :] * shade[..., None] + rng.normal(0, 4, (size, size, 3))
+    for _ in range(rng.integers(0, 5)):  # freckles: small darker spots
+        fx, fy, fr = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.005, 0.012)
+        spot = np.hypot(xx - fx, yy - fy) < fr
+        img[spot] *= 0.8
+    return img
+
+
+def _draw_hairs(rng: np.random.Generator, img: np.ndarray, level: int) -> Image.Image:
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    size = pil.width
+    hair = (40, 30, 25) if level < 5 else (20, 15, 12)
+    for _ in range(rng.integers(0, 6)):
+        x0, y0 = rng.uniform(0, size, 2)
+        angle, length = rng.uniform(0, np.pi), rng.uniform(0.15, 0.4) * size
+        x1, y1 = x0 + length * np.cos(angle), y0 + length * np.sin(angle)
+        draw.line([(x0, y0), (x1, y1)], fill=hair, width=1)
+    return pil
+
+
+def render_lesion(cls: LesionClass, level: int, rng: np.random.Generator, size: int = 160) -> tuple[Image.Image, str]:
+    """Draw one image of ``cls`` on skin level ``level``; returns the image and the drawn size field."""
+    img = _background(rng, size, level)
+    size_field = str(rng.choice(cls.sizes))
+    lo, hi = SIZE_RADIUS[size_field]
+    count = 1 if cls.distribution == "single" else int(rng.integers(3, 6))
+    mask = np.zeros((size, size), np.float32)
+    for _ in range(count):
+        r = rng.uniform(lo, hi) * (1.0 if count == 1 else 0.75)
+        margin = min(0.12 + r, 0.5)
+        cx, cy = rng.uniform(margin, 1 - margin, 2)
+        mask = np.maximum(mask, _shape_mask(rng, size, cls.shape, cx, cy, r))
+    blur = 3.5 if cls.border == "ill-defined" else 0.6
+    mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur)), np.float32) / 255
+    colour = np.array(LESION_RGB[cls.colour], np.float32) * rng.uniform(0.9, 1.05)
+    lesion = colour[None, None, :] + rng.normal(0, 6, (size, size, 3))
+    if cls.surface == "scaly":  # silvery flecks
+        flecks = (rng.random((size, size)) < 0.12)[..., None]
+        lesion = np.where(flecks, np.array([235, 235, 228], np.float32), lesion)
+    elif cls.surface == "crusted":  # yellow-brown granular crust
+        crust = np.asarray(Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2)), np.float32) / 255
+        lesion = np.where((crust > 0.55)[..., None], np.array([150, 110, 40], np.float32), lesion * 0.85)
+    alpha = 0.9 * mask[..., None]
+    img = img * (1 - alpha) + lesion * alpha
+    return _draw_hairs(rng, img, level), size_field
+
+
+def class_by_label() -> dict[str, LesionClass]:
+    return {cls.label: cls for cls in LESION_CLASSES}
+
+
+def generate(out: str | Path, per_class: int, seed: int = 0, size: int = 160, progress: bool = True) -> Path:
+    """Write ``per_class`` images of every class to ``out/images`` and ``out/labels.csv``; return the CSV path.
+
+    Skin levels cycle 1..6 within each class so every level is represented; image ``i`` of class ``c`` is drawn
+    from ``np.random.default_rng([seed, c, i])``, so the output does not depend on ``per_class`` ordering.
+    """
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    total = per_class * len(LESION_CLASSES)
+    bar = _progress(total, "synth", progress)
+    for c, cls in enumerate(LESION_CLASSES):
+        for i in range(per_class):
+            rng = np.random.default_rng([seed, c, i])
+            level = i % 6 + 1
+            image, size_field = render_lesion(cls, level, rng, size)
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=95)
+            data = buf.getvalue()
+            md5 = hashlib.md5(data).hexdigest()
+            (out / "images" / f"{md5}.jpg").write_bytes(data)
+            fields = {
+                "colour": cls.colour, "location": str(rng.choice(cls.locations)), "shape": cls.shape,
+                "lesion type": cls.lesion_type, "size": size_field, "border": cls.border,
+                "surface": cls.surface, "distribution": cls.distribution,
+            }
+            atlas = "synthatlasa" if i % 4 else "synthatlasb"  # two "sources", so source holdouts work here too
+            rows.append({
+                "md5hash": md5, "fitzpatrick_scale": level, "fitzpatrick_centaur": level, "label": cls.label,
+                "nine_partition_label": ONTOLOGY.nine(cls.label), "three_partition_label": ONTOLOGY.three(cls.label),
+                "qc": "", "url": f"synthetic://{atlas}/{seed}/{c}/{i}", "url_alphanum": f"synthetic{atlas}{seed}{c}{i}jpg.jpg",
+                **{CAPTION_COLUMNS[name]: fields[name] for name in CAPTION_FIELDS},
+            })
+            bar.update(1)
+    bar.close()
+    csv_path = out / "labels.csv"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return csv_path
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="img")

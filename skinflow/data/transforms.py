@@ -1,0 +1,44 @@
+"""albumentations pipelines for training and evaluation. Both return an ``image_size`` square uint8 RGB array.
+
+Why the colour augmentation is bounded: the Fitzpatrick skin type of a photograph is judged from the colour of
+the surrounding skin. Brightness or hue shifts large enough to move a type-II background toward type IV would
+make the skin-type label of an augmented image wrong, and the per-skin-type metrics (and any fairness claim
+built on them) would then measure the augmentation instead of the model. So brightness and contrast move by at
+most ±``colour_strength`` (default 0.1), saturation by ±0.1 and hue by at most ±0.02 (about ±7 degrees), which
+keeps an image inside its neighbouring skin tones; there is no grayscale, channel shuffle or solarise.
+Geometry (crop, flips, rotation) is free: lesions have no canonical orientation.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would otherwise call the network
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+
+MAX_HUE_SHIFT = 0.02
+
+
+def train_transform(image_size: int, colour_strength: float = 0.1) -> A.Compose:
+    """Random crop, flips, rotation and a bounded colour jitter."""
+    if not 0 <= colour_strength <= 0.2:
+        raise ValueError(f"colour_strength={colour_strength} is outside [0, 0.2]: larger shifts can change the apparent skin type")
+    return A.Compose([
+        A.LongestMaxSize(max_size=image_size),
+        A.PadIfNeeded(min_height=image_size, min_width=image_size, border_mode=cv2.BORDER_REFLECT_101),
+        A.RandomResizedCrop(size=(image_size, image_size), scale=(0.7, 1.0), ratio=(0.85, 1.18)),
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Rotate(limit=30, border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+        A.ColorJitter(brightness=colour_strength, contrast=colour_strength, saturation=0.1, hue=MAX_HUE_SHIFT, p=0.8),
+    ])
+
+
+def eval_transform(image_size: int) -> A.Compose:
+    """Deterministic: fit the longer side, pad to a square by reflection."""
+    return A.Compose([
+        A.LongestMaxSize(max_size=image_size),
+        A.PadIfNeeded(min_height=image_size, min_width=image_size, border_mode=cv2.BORDER_REFLECT_101),
+    ])

@@ -1,0 +1,235 @@
+"""Backbone builder: one function returns ``(model, processor)`` for a preset, a local folder or a hub id.
+
+Presets:
+
+- ``tiny``: a random-init Qwen2.5-VL of about a million parameters, built from a config, with the shipped
+  tokenizer (``skinflow/assets/tiny_tokenizer``). Needs nothing from the network. With ``pretrained_path``
+  it loads a tiny model saved earlier instead.
+- ``qwen2.5-vl-3b`` / ``qwen2.5-vl-7b``: the public architecture configs of Qwen2.5-VL-3B/7B-Instruct. Weights
+  come from ``pretrained_path`` (a local folder or a hub id). Random weights only with ``random_init: true``,
+  for benchmarks and shape checks.
+
+Plain ``nn.Module`` code: no Lightning import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from skinflow.models.processor import VisionLanguageProcessor
+from skinflow.models.tiny_tokenizer import ASSET_DIR as TINY_TOKENIZER_DIR
+
+# LoRA goes on the language model's attention and MLP projections, never on the vision tower.
+LANGUAGE_LINEARS = r".*language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+
+_QWEN_VISION = dict(
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14, spatial_merge_size=2,
+    temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2,
+)
+_QWEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
+_QWEN_ROPE = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}
+
+# Public architecture configs (config.json of Qwen/Qwen2.5-VL-{3B,7B}-Instruct), so shapes need no download.
+PRESET_CONFIGS: dict[str, dict] = {
+    "qwen2.5-vl-7b": dict(
+        vision_config=dict(_QWEN_VISION, out_hidden_size=3584),
+        text_config=dict(
+            vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+            num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=128000, rms_norm_eps=1e-6,
+            rope_parameters=_QWEN_ROPE, bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
+        ),
+        tie_word_embeddings=False, **_QWEN_IDS,
+    ),
+    "qwen2.5-vl-3b": dict(
+        vision_config=dict(_QWEN_VISION, out_hidden_size=2048),
+        text_config=dict(
+            vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+            num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=128000, rms_norm_eps=1e-6,
+            rope_parameters=_QWEN_ROPE, bos_token_id=151643, eos_token_id=151645, pad_token_id=151643,
+            tie_word_embeddings=True,
+        ),
+        tie_word_embeddings=True, **_QWEN_IDS,
+    ),
+}
+PRESETS = ("tiny", *PRESET_CONFIGS)
+
+
+@dataclass
+class TinySize:
+    """Shape of the tiny preset (defaults: ~1.3 M parameters)."""
+
+    text_hidden: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    vision_hidden: int = 64
+    vision_depth: int = 4
+    vision_heads: int = 4
+
+
+@dataclass
+class LoRASpec:
+    """LoRA adapters (PEFT) on the language model's linear layers."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str = LANGUAGE_LINEARS
+
+
+@dataclass
+class BackboneSpec:
+    """Which vision-language backbone to build and what of it trains.
+
+    Args:
+        preset: ``tiny``, ``qwen2.5-vl-3b`` or ``qwen2.5-vl-7b``.
+        pretrained_path: local folder or hub id holding weights (and tokenizer/processor files).
+        random_init: build a non-tiny preset with random weights (benchmarks, shape checks).
+        dtype: parameter dtype, ``float32`` or ``bfloat16``.
+        lora: LoRA adapters on the language layers; ``None`` trains the full model.
+        freeze_vision: freeze the vision tower (LoRA runs always freeze the base model).
+        gradient_checkpointing: recompute activations in backward.
+        tiny: shape of the tiny preset.
+        seed: seed of the random initialisation.
+    """
+
+    preset: str = "tiny"
+    pretrained_path: str | None = None
+    random_init: bool = False
+    dtype: str = "float32"
+    lora: LoRASpec | None = None
+    freeze_vision: bool = False
+    gradient_checkpointing: bool = False
+    tiny: TinySize = field(default_factory=TinySize)
+    seed: int = 0
+
+
+def tiny_config(size: TinySize, tokenizer) -> Qwen2_5_VLConfig:
+    half = size.text_hidden // size.text_heads // 2  # mrope_section (t, h, w) must sum to head_dim / 2
+    rest = half - half // 4
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=size.text_hidden, intermediate_size=2 * size.text_hidden,
+            num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads,
+            num_key_value_heads=max(1, size.text_heads // 2), max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "mrope_section": [half // 4, rest // 2, rest - rest // 2]},
+            bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
+            num_heads=size.vision_heads, out_hidden_size=size.text_hidden, window_size=56,
+            fullatt_block_indexes=[i for i in range(size.vision_depth) if i % 2 == 1],
+        ),
+        tie_word_embeddings=False,
+    )
+    return align_token_ids(config, tokenizer)
+
+
+def align_token_ids(config: Qwen2_5_VLConfig, tokenizer) -> Qwen2_5_VLConfig:
+    """Point the config's special-token ids at ``tokenizer``'s (random-init models built beside any tokenizer)."""
+    ids = tokenizer.convert_tokens_to_ids
+    config.image_token_id, config.video_token_id = ids("<|image_pad|>"), ids("<|video_pad|>")
+    config.vision_start_token_id, config.vision_end_token_id = ids("<|vision_start|>"), ids("<|vision_end|>")
+    text = config.text_config
+    text.bos_token_id, text.eos_token_id, text.pad_token_id = ids("<|endoftext|>"), ids("<|im_end|>"), tokenizer.pad_token_id
+    return config
+
+
+def preset_config(spec: BackboneSpec, tokenizer=None) -> Qwen2_5_VLConfig:
+    """The architecture config of ``spec`` without touching weights or the network."""
+    if spec.preset == "tiny":
+        return tiny_config(spec.tiny, tokenizer or load_tokenizer(spec))
+    if spec.preset not in PRESET_CONFIGS:
+        raise ValueError(f"unknown backbone preset {spec.preset!r}; choose one of {', '.join(PRESETS)}")
+    config = Qwen2_5_VLConfig(**json.loads(json.dumps(PRESET_CONFIGS[spec.preset])))
+    return align_token_ids(config, tokenizer) if tokenizer is not None else config
+
+
+def load_tokenizer(spec: BackboneSpec):
+    if spec.pretrained_path is None:
+        return AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+    return AutoTokenizer.from_pretrained(spec.pretrained_path)
+
+
+def build_processor(spec: BackboneSpec) -> VisionLanguageProcessor:
+    """Tokenizer plus PIL image processor (from ``pretrained_path`` when it has one)."""
+    tokenizer = load_tokenizer(spec)
+    tokenizer.padding_side = "left"
+    image_processor = None
+    if spec.pretrained_path is not None and (Path(spec.pretrained_path) / "preprocessor_config.json").exists():
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(spec.pretrained_path)
+    elif spec.pretrained_path is not None and not Path(spec.pretrained_path).exists():
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(spec.pretrained_path)
+    return VisionLanguageProcessor(tokenizer, image_processor or Qwen2VLImageProcessorPil())
+
+
+def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device | None = None) -> torch.nn.Module:
+    """The model alone. ``device="meta"`` builds shapes only (no memory, no weights, no download)."""
+    dtype = getattr(torch, spec.dtype)
+    meta = device is not None and torch.device(device).type == "meta"
+    if spec.pretrained_path is not None and not meta:
+        try:
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(spec.pretrained_path, dtype=dtype)
+        except OSError as err:
+            raise OSError(
+                f"could not load backbone weights from pretrained_path={spec.pretrained_path!r} (a local folder or "
+                f"hub id; hub ids need network access or a filled HF cache): {err}"
+            ) from err
+    elif spec.preset != "tiny" and not (spec.random_init or meta):
+        raise ValueError(
+            f"backbone preset {spec.preset!r} needs weights: set pretrained_path (local folder or hub id), "
+            "or random_init: true for a randomly initialised model"
+        )
+    else:
+        config = preset_config(spec, tokenizer)
+        torch.manual_seed(spec.seed)
+        with torch.device(device or "cpu"):
+            model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def apply_finetuning(model: torch.nn.Module, spec: BackboneSpec) -> torch.nn.Module:
+    """LoRA (base frozen, adapters trainable) or full training, with the vision tower frozen if asked."""
+    if spec.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=spec.lora.r, lora_alpha=spec.lora.alpha, lora_dropout=spec.lora.dropout,
+            target_modules=spec.lora.target_modules,
+        )
+        model = get_peft_model(model, config)
+    elif spec.freeze_vision:
+        for param in model.model.visual.parameters():
+            param.requires_grad_(False)
+    return model
+
+
+def build_backbone(spec: BackboneSpec) -> tuple[torch.nn.Module, VisionLanguageProcessor]:
+    """``(model, processor)`` for ``spec``, with LoRA/freezing applied."""
+    processor = build_processor(spec)
+    model = build_model(spec, processor.tokenizer)
+    return apply_finetuning(model, spec), processor
+
+
+def backbone_identity(spec: BackboneSpec, model: torch.nn.Module) -> dict:
+    """What a checkpoint records about the backbone it was trained on (preset, path, config hash)."""
+    config = getattr(model, "config", None)
+    text = config.to_json_string(use_diff=False) if config is not None else ""
+    cleaned = json.dumps({k: v for k, v in json.loads(text or "{}").items() if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")}, sort_keys=True)
+    return {
+        "preset": spec.preset, "pretrained_path": spec.pretrained_path,
+        "config_sha256": hashlib.sha256(cleaned.encode()).hexdigest(), "spec": asdict(spec),
+    }
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,177 @@
+"""What every skinflow stage shares: the backbone, evaluation by generation, sample tables, slim checkpoints.
+
+Evaluation (``validation_step`` / ``test_step``) generates an answer for each image greedily, parses it into
+ranked canonical labels and updates the split's metrics; a sample of prompts' completions is logged as an
+MLflow table artifact at the end of each evaluation epoch.
+
+Checkpoints hold only trainable weights (adapters, DVE, heads; everything for a full fine-tune) plus the
+backbone's identity, so a 7B checkpoint stays small; ``init_from`` loads such a checkpoint's weights into a
+fresh stage and refuses one made on a different backbone, naming both.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from skinflow.data.formats import ParsedAnswer, Target, parse_answer
+from skinflow.data.ontology import ONTOLOGY
+from skinflow.metrics.ranked import ParseFailureRate, TopKAccuracy, ranked_indices
+from skinflow.models.backbone import BackboneSpec, backbone_identity, build_backbone, count_parameters
+
+SAMPLE_TABLE_ROWS = 16
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``.
+
+    >>> [round(warmup_cosine(s, 2, 10, 0.1), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.55, 0.1]
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def evaluation_metrics() -> nn.ModuleDict:
+    return nn.ModuleDict({
+        "top1_exact": TopKAccuracy(k=1), "top6_exact": TopKAccuracy(k=6), "parse_failure": ParseFailureRate(),
+    })
+
+
+def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, content: torch.Tensor, content_weight: float) -> torch.Tensor:
+    """Next-token cross-entropy over positions with a label; weights 1 (format) or ``content_weight`` (content).
+
+    logits (B, L, V), labels (B, L) with -100 = ignore, content (B, L) bool. Token t is predicted at t-1.
+    """
+    logits, labels, content = logits[:, :-1].float(), labels[:, 1:], content[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, L-1)
+    weights = (labels != -100).float() * torch.where(content, content_weight, 1.0)
+    return (ce * weights).sum() / weights.sum().clamp(min=1)
+
+
+class CheckpointMismatch(RuntimeError):
+    pass
+
+
+class SkinflowStage(LightningModule):
+    """Base class: builds the backbone, evaluates by generation, trims checkpoints. Subclasses train."""
+
+    stage_name = "base"
+
+    def __init__(self, backbone: BackboneSpec | None = None, max_new_tokens: int = 96, init_from: str | None = None):
+        super().__init__()
+        self.backbone_spec = backbone or BackboneSpec()
+        self.model, self.processor = build_backbone(self.backbone_spec)
+        self.max_new_tokens = max_new_tokens
+        self.metrics = nn.ModuleDict({split: evaluation_metrics() for split in ("val", "test")})
+        self._samples: list[dict] = []
+        self.strict_loading = False  # checkpoints carry trainable weights only
+        if init_from:
+            self.load_trainable(init_from)
+
+    # -- generation and evaluation ---------------------------------------------------------------------------
+    def vision_inputs(self, batch: dict) -> dict:
+        return {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+
+    @torch.no_grad()
+    def generate_text(self, batch: dict, **sampling) -> list[str]:
+        """Greedy (or sampled, with ``do_sample=True``) completions for the batch's prompts."""
+        tok = self.processor.tokenizer
+        out = self.model.generate(
+            input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], **self.vision_inputs(batch),
+            max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id, **sampling,
+        )
+        return self.processor.decode(out[:, batch["prompt_ids"].shape[1]:])
+
+    def evaluate_batch(self, batch: dict, split: str) -> None:
+        completions = self.generate_text(batch)
+        answers = [parse_answer(text) for text in completions]
+        self.update_metrics(split, answers, batch["targets"])
+        if len(self._samples) < SAMPLE_TABLE_ROWS:
+            for text, answer, target in zip(completions, answers, batch["targets"]):
+                self._samples.append({
+                    "md5hash": target.md5hash, "label": target.label, "fitzpatrick": target.fitzpatrick,
+                    "completion": text, "parsed": "; ".join(answer.labels), "status": answer.status,
+                })
+
+    def update_metrics(self, split: str, answers: list[ParsedAnswer], targets: list[Target]) -> None:
+        preds = ranked_indices(answers).to(self.device)
+        target = torch.tensor([ONTOLOGY.index(t.label) for t in targets], device=self.device)
+        failed = torch.tensor([a.status != "ok" or not a.labels for a in answers], device=self.device)
+        for name, metric in self.metrics[split].items():
+            metric.update(failed) if name == "parse_failure" else metric.update(preds, target)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self.teacher_forced_loss(batch), batch_size=len(batch["targets"]), sync_dist=True)
+        self.evaluate_batch(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self.evaluate_batch(batch, "test")
+
+    def _log_split(self, split: str) -> None:
+        for name, metric in self.metrics[split].items():
+            self.log(f"{split}/{name}", metric.compute(), sync_dist=False)
+            metric.reset()
+        self.log_samples(split)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split("test")
+
+    def log_samples(self, split: str) -> None:
+        """Completions of the first evaluation batches as an MLflow table artifact."""
+        samples, self._samples = self._samples, []
+        logger = self.logger
+        if not samples or logger is None or not hasattr(logger, "run_id") or self.trainer.sanity_checking:
+            return
+        table = {key: [row[key] for row in samples] for key in samples[0]}
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"samples/{split}_epoch{self.current_epoch:03d}.json")
+
+    def teacher_forced_loss(self, batch: dict, content_weight: float = 1.0) -> torch.Tensor:
+        """Cross-entropy of the target tokens, content tokens weighted by ``content_weight`` (1: plain mean)."""
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **self.vision_inputs(batch)).logits
+        return weighted_token_loss(logits, batch["labels"], batch["content_mask"], content_weight)
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in trainable}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint["backbone_identity"] = backbone_identity(self.backbone_spec, self.model)
+        checkpoint["skinflow_stage"] = self.stage_name
+
+    def check_identity(self, checkpoint: dict, source: str) -> None:
+        theirs = checkpoint.get("backbone_identity")
+        ours = backbone_identity(self.backbone_spec, self.model)
+        if theirs is None or theirs["config_sha256"] != ours["config_sha256"]:
+            describe = lambda ident: "unknown" if ident is None else f"preset={ident['preset']!r} path={ident['pretrained_path']!r} config={ident['config_sha256'][:12]}"  # noqa: E731
+            raise CheckpointMismatch(f"checkpoint {source} was made on backbone {describe(theirs)}, but this stage's backbone is {describe(ours)}")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.check_identity(checkpoint, "being resumed")
+
+    def load_trainable(self, path: str | Path) -> None:
+        """Load a previous stage's trainable weights (``init_from``); the backbones must match."""
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        self.check_identity(checkpoint, str(path))
+        missing = set(checkpoint["state_dict"]) - set(self.state_dict())
+        if missing:
+            raise CheckpointMismatch(f"checkpoint {path} holds weights this stage lacks, e.g. {sorted(missing)[:3]}")
+        self.load_state_dict(checkpoint["state_dict"], strict=False)
+
+    def on_fit_start(self) -> None:
+        if self.logger is not None:
+            self.logger.log_hyperparams({
+                "params/total": count_parameters(self.model), "params/trainable": count_parameters(self.model, True),
+            })

@@ -1,0 +1,68 @@
+"""Supervised warmup: teacher-forced cross-entropy on the target text (caption block, then ranked answer).
+
+The prompt and image tokens carry label -100, so only the target text is learned. AdamW with linear warmup and
+cosine decay; LoRA or full training is the backbone's ``lora`` setting. Validation and test generate answers
+and score them (see ``SkinflowStage``).
+
+``content_weight`` re-weights the token losses: content tokens (caption values, answer entries: what the image
+decides) weigh ``content_weight``, format tokens (tags, field names, numbering) weigh 1, and the loss is the
+weighted mean. At 1 it is the usual mean over target tokens. A randomly initialised model needs it: format
+tokens are ~90% of a target and learned within a few dozen steps, after which their gradients drown the few
+tokens that depend on the image (measured on the tiny preset: colour-token accuracy 0.27 at 240 steps with
+weight 1, 0.51 with weight 10).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from skinflow.models.backbone import BackboneSpec
+from skinflow.stages.base import SkinflowStage, warmup_cosine
+
+
+class WarmupStage(SkinflowStage):
+    """Supervised warmup stage.
+
+    Args:
+        backbone: which backbone to build and what trains (preset, weights, LoRA, ...).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warmup length in optimizer steps.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine decay).
+        max_new_tokens: generation length at validation and test.
+        init_from: checkpoint of an earlier stage whose trainable weights to start from.
+        content_weight: loss weight of content tokens relative to format tokens (see the module docstring).
+    """
+
+    stage_name = "warmup"
+
+    def __init__(
+        self,
+        backbone: BackboneSpec | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_steps: int = 20,
+        min_lr_ratio: float = 0.05,
+        max_new_tokens: int = 96,
+        init_from: str | None = None,
+        content_weight: float = 1.0,
+    ):
+        super().__init__(backbone, max_new_tokens, init_from)
+        self.save_hyperparameters()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.teacher_forced_loss(batch, self.hparams.content_weight)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["targets"]))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=self.hparams.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

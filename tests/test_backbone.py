@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from skinflow.models.backbone import BackboneSpec, LoRASpec, build_backbone, build_model, count_parameters
+
+
+def batch_for(processor, n=2, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(n)]
+    vision = processor.images(images)
+    prompt = processor.chat_prompt("Describe the lesion.")
+    tok = processor.tokenizer
+    ids = [tok(processor.expand_image_tokens(prompt, g), add_special_tokens=False)["input_ids"] for g in vision["image_grid_thw"]]
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.ones(len(ids), len(ids[0]), dtype=torch.long), **vision}
+
+
+def test_tiny_builds_forwards_and_generates(tiny):
+    model, processor = tiny
+    assert count_parameters(model) < 3_000_000
+    batch = batch_for(processor)
+    out = model(**batch)
+    assert out.logits.shape == (*batch["input_ids"].shape, len(processor.tokenizer))
+    gen = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    assert gen.shape == (2, batch["input_ids"].shape[1] + 5)
+
+
+def test_same_seed_same_weights():
+    a, _ = build_backbone(BackboneSpec(seed=1))
+    b, _ = build_backbone(BackboneSpec(seed=1))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_lora_adapters_move_and_base_stays_frozen():
+    model, processor = build_backbone(BackboneSpec(lora=LoRASpec(r=4)))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = batch_for(processor)
+    for _ in range(2):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name, param in model.named_parameters():
+        moved = not torch.equal(before[name], param)
+        assert moved == (name in trainable and "lora_B" in name) or (name in trainable and "lora_A" in name), name
+
+
+def test_freeze_vision():
+    model, _ = build_backbone(BackboneSpec(freeze_vision=True))
+    assert not any(p.requires_grad for p in model.model.visual.parameters())
+    assert all(p.requires_grad for p in model.model.language_model.parameters())
+
+
+def test_7b_builds_on_meta_without_download():
+    model = build_model(BackboneSpec(preset="qwen2.5-vl-7b", pretrained_path="Qwen/Qwen2.5-VL-7B-Instruct"), device="meta")
+    assert 8.2e9 < count_parameters(model) < 8.4e9
+    assert model.config.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
+    assert next(model.parameters()).device.type == "meta"
+
+
+def test_non_tiny_preset_refuses_random_weights_unless_asked():
+    with pytest.raises(ValueError, match="random_init"):
+        build_model(BackboneSpec(preset="qwen2.5-vl-3b"))
+
+
+def test_local_folder_round_trip(tmp_path, tiny):
+    model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path)
+    processor.image_processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = build_backbone(BackboneSpec(pretrained_path=str(tmp_path)))
+    batch = batch_for(processor)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, loaded(**batch).logits, atol=1e-6)
+    assert loaded_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def test_missing_hub_id_fails_with_a_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="no-such-org/no-such-model"):
+        build_model(BackboneSpec(preset="qwen2.5-vl-7b", pretrained_path="no-such-org/no-such-model"))
+
+
+def test_tiny_tokenizer_is_rebuilt_identically(tmp_path):
+    from skinflow.models.tiny_tokenizer import ASSET_DIR, build
+
+    build(tmp_path)
+    assert (tmp_path / "tokenizer.json").read_text() == (ASSET_DIR / "tokenizer.json").read_text()
+
+
+def test_tokenizer_round_trips_any_text(tiny):
+    tok = tiny[1].tokenizer
+    text = "<caption>\ncolour: ünusual teal\n</caption>\n<answer>\n1. psoriasis\n</answer> 🙂"
+    assert tok.decode(tok(text)["input_ids"]) == text

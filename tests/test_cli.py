@@ -1,0 +1,84 @@
+"""The CLI as a user drives it: every shipped YAML parses, and a short fit lands in MLflow."""
+
+import contextlib
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from skinflow.cli import main
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+COMPONENT = {"data": "--data", "model": "--model", "trainer": "--trainer"}
+
+
+def print_config(args: list[str]) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, "--print_config"])
+    assert exit_info.value.code in (None, 0)
+    return yaml.safe_load(out.getvalue())
+
+
+def args_for(path: Path) -> list[str]:
+    group = path.parent.name
+    if group in COMPONENT:
+        defaults = {"--model": REPO / "configs/model/warmup_tiny.yaml", "--data": REPO / "configs/data/synthetic.yaml"}
+        defaults[COMPONENT[group]] = path
+        return [arg for flag, value in defaults.items() for arg in (flag, str(value))] + (
+            ["--trainer", str(path)] if group == "trainer" else [])
+    if group == "logger":
+        return ["--model", str(REPO / "configs/model/warmup_tiny.yaml"), "--data", str(REPO / "configs/data/synthetic.yaml"),
+                "--trainer.logger", str(path)]
+    return ["--config", str(path)]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
+def test_every_config_parses_through_the_cli(path):
+    config = print_config(args_for(path))
+    assert config["model"]["class_path"].startswith("skinflow.stages.")
+    assert config["data"]["class_path"].startswith("skinflow.data.")
+
+
+def test_7b_recipe_builds_on_meta_without_download():
+    from skinflow.models.backbone import BackboneSpec, LoRASpec, build_model, count_parameters
+
+    config = print_config(["--config", str(REPO / "configs/experiment/warmup_qwen2_5_vl_7b.yaml")])
+    backbone = dict(config["model"]["init_args"]["backbone"])
+    backbone["lora"] = LoRASpec(**backbone["lora"])
+    backbone.pop("tiny")
+    spec = BackboneSpec(**backbone)
+    assert spec.preset == "qwen2.5-vl-7b" and spec.dtype == "bfloat16"
+    assert config["trainer"]["precision"] == "bf16-true"
+    model = build_model(spec, device="meta")
+    assert count_parameters(model) > 8e9
+
+
+def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    main([
+        "fit", "--config", str(REPO / "configs/experiment/warmup_tiny_synthetic.yaml"),
+        "--data.init_args.synthetic_per_class", "4", "--data.init_args.progress", "false",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+        "--trainer.limit_test_batches", "1", "--trainer.check_val_every_n_epoch", "1",
+        "--trainer.enable_progress_bar", "false", "--model.init_args.max_new_tokens", "8",
+    ])
+    assert (tmp_path / "mlruns" / "mlflow.db").exists()
+    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("skinflow")
+    (run,) = client.search_runs([experiment.experiment_id])
+    metrics = run.data.metrics
+    assert {"train/loss", "val/loss", "val/top1_exact", "val/top6_exact", "val/parse_failure", "test/top1_exact"} <= set(metrics)
+    assert 0 <= metrics["val/top1_exact"] <= metrics["val/top6_exact"] <= 1
+    assert run.data.tags["skinflow.stage"] == "warmup"
+    assert len(run.data.tags["mlflow.source.git.commit"]) >= 7
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "data_report.json", "samples"} <= artifacts
+    config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
+    assert config["data"]["init_args"]["synthetic_per_class"] == 4
+    checkpoints = list((tmp_path / "mlruns").rglob("*.ckpt"))
+    assert checkpoints and all(str(c).startswith(str(tmp_path / "mlruns")) for c in checkpoints)

@@ -1,0 +1,153 @@
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from skinflow.data.datamodule import DataError, Fitzpatrick17kDataModule, differential
+from skinflow.data.ontology import ONTOLOGY
+from tests.conftest import require_real_sample
+
+
+def make_dm(tmp_path, csv, **kw):
+    kw.setdefault("image_dir", str(csv.parent / "images"))
+    return Fitzpatrick17kDataModule(csv_path=str(csv), cache_dir=str(tmp_path / "cache"), progress=False, **kw)
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst)
+    return dst / "labels.csv"
+
+
+def test_synthetic_default_generates_splits_and_batches(tmp_path, tiny):
+    model, processor = tiny
+    dm = Fitzpatrick17kDataModule(cache_dir=str(tmp_path), synthetic_per_class=5, progress=False, batch_size=4)
+    dm.processor = processor
+    dm.prepare_data()
+    dm.setup("fit")
+    sizes = dm.report["splits"]
+    assert sum(sizes.values()) == 75 and min(sizes.values()) > 0
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8]] * 4
+    assert batch["pixel_values"].shape == (4 * 64, 3 * 2 * 14 * 14)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    # only target tokens are supervised, and the supervised text is caption then answer
+    row = batch["labels"][0]
+    text = processor.tokenizer.decode(row[row != -100])
+    assert text.startswith("<caption>") and "</answer>" in text and "<|vision_start|>" not in text
+    assert batch["prompt_ids"].shape[1] < batch["input_ids"].shape[1]
+    n_image = (batch["prompt_ids"] == processor.image_token_id).sum(1)
+    assert n_image.tolist() == [16] * 4
+
+
+def test_splits_are_disjoint_by_md5(tmp_path, synth_dir):
+    dm = make_dm(tmp_path, synth_dir / "labels.csv")
+    dm.setup()
+    hashes = {name: {r["md5hash"] for r in ds.records} for name, ds in dm.splits.items()}
+    assert not (hashes["train"] & hashes["test"]) and not (hashes["val"] & hashes["test"]) and not (hashes["train"] & hashes["val"])
+
+
+def test_missing_and_corrupt_images_are_counted_reported_and_skipped(tmp_path, synth_dir):
+    csv = copy_dataset(synth_dir, tmp_path / "data")
+    rows = pd.read_csv(csv, dtype=str)
+    (csv.parent / "images" / f"{rows.md5hash[0]}.jpg").unlink()
+    (csv.parent / "images" / f"{rows.md5hash[1]}.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    dm = make_dm(tmp_path, csv)
+    with pytest.warns(UserWarning, match="2 of 90 images"):
+        dm.prepare_data()
+    dm.setup()
+    bad = {b["md5hash"]: b["reason"] for b in dm.report["bad_images"]}
+    assert bad[rows.md5hash[0]] == "missing" and bad[rows.md5hash[1]].startswith("unreadable")
+    assert dm.report["kept"] == 88 and sum(dm.report["splits"].values()) == 88
+    report = json.loads((dm._table_dir() / "report.json").read_text())
+    assert len(report["bad_images"]) == 2
+    strict = make_dm(tmp_path / "strict", csv, strict_images=True)
+    with pytest.raises(DataError, match=rows.md5hash[0]):
+        strict.prepare_data()
+
+
+def test_missing_column_fails_naming_it(tmp_path, synth_dir):
+    csv = copy_dataset(synth_dir, tmp_path / "data")
+    pd.read_csv(csv).drop(columns=["fitzpatrick_scale"]).to_csv(csv, index=False)
+    with pytest.raises(DataError, match="'fitzpatrick_scale' is missing"):
+        make_dm(tmp_path, csv).prepare_data()
+
+
+def test_unknown_label_fails_naming_the_row(tmp_path, synth_dir):
+    csv = copy_dataset(synth_dir, tmp_path / "data")
+    df = pd.read_csv(csv)
+    df.loc[4, "label"] = "dragon pox"
+    df.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"row 6 .*'dragon pox'"):
+        make_dm(tmp_path, csv).prepare_data()
+
+
+def test_duplicates_and_wrongly_labelled_rows_are_dropped_and_counted(tmp_path, synth_dir):
+    csv = copy_dataset(synth_dir, tmp_path / "data")
+    df = pd.read_csv(csv)
+    df.loc[3, "qc"] = "3 Wrongly labelled"
+    df = pd.concat([df, df.iloc[[7]]])
+    df.to_csv(csv, index=False)
+    dm = make_dm(tmp_path, csv)
+    with pytest.warns(UserWarning, match="repeat an md5hash"):
+        dm.prepare_data()
+    dm.setup()
+    assert dm.report["duplicate_md5hash"] == [df.md5hash.iloc[7]]
+    assert dm.report["wrongly_labelled_dropped"] == 1 and dm.report["kept"] == 89
+
+
+def test_record_table_is_cached(tmp_path, synth_dir, monkeypatch):
+    dm = make_dm(tmp_path, synth_dir / "labels.csv")
+    dm.prepare_data()
+    again = make_dm(tmp_path, synth_dir / "labels.csv")
+    monkeypatch.setattr(Fitzpatrick17kDataModule, "clean_table", lambda *a: pytest.fail("cache not used"))
+    again.prepare_data()
+    again.setup()
+    assert sum(again.report["splits"].values()) == 90
+
+
+def test_label_filters(tmp_path, synth_dir):
+    dm = make_dm(tmp_path, synth_dir / "labels.csv", labels=["psoriasis", "melanoma"])
+    dm.setup()
+    assert {r["label"] for ds in dm.splits.values() for r in ds.records} == {"psoriasis", "melanoma"}
+    dm = make_dm(tmp_path, synth_dir / "labels.csv", min_images_per_label=7)
+    dm.setup()
+    assert sum(dm.report["splits"].values()) == 0
+    with pytest.raises(DataError, match="dragon"):
+        make_dm(tmp_path, synth_dir / "labels.csv", labels=["dragon"]).setup()
+
+
+def test_differential_ranks_by_label_tree():
+    ranked = differential("melanoma", ["psoriasis", "nevocytic nevus", "malignant melanoma", "basal cell carcinoma", "melanoma"], {})
+    assert ranked[0] == "melanoma" and ranked[1] == "malignant melanoma"
+    assert ONTOLOGY.three(ranked[2]) == "malignant" and ranked[-1] == "psoriasis"
+    assert len(differential("psoriasis", list(ONTOLOGY.labels), ONTOLOGY.counts)) == 6
+
+
+def test_real_sample(tmp_path, tiny):
+    root = require_real_sample()
+    dm = Fitzpatrick17kDataModule(csv_path=str(root / "labels.csv"), cache_dir=str(tmp_path), progress=False,
+                                  split="random", val_fraction=0.1, test_fraction=0.2, batch_size=8)
+    dm.processor = tiny[1]
+    dm.setup()
+    assert dm.report["rows"] == 1500 and dm.report["wrongly_labelled_dropped"] == 2 and not dm.report["bad_images"]
+    assert len(dm.report["labels"]) == 21
+    sizes = dm.report["splits"]
+    assert sizes["test"] == pytest.approx(0.2 * 1498, abs=12) and sizes["val"] == pytest.approx(0.1 * 1498, abs=12)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["pixel_values"].dtype == torch.float32 and len(batch["targets"]) == 8
+    # real records carry no caption: the target is the answer block alone
+    row = batch["labels"][0]
+    assert tiny[1].tokenizer.decode(row[row != -100]).startswith("<answer>")
+
+
+def test_real_sample_fst_holdout_keeps_unknown_types_in_test(tmp_path):
+    root = require_real_sample()
+    dm = Fitzpatrick17kDataModule(csv_path=str(root / "labels.csv"), cache_dir=str(tmp_path), progress=False, split="a56")
+    dm.setup()
+    train_fst = {r["fitzpatrick_scale"] for r in dm.splits["train"].records}
+    test_fst = {r["fitzpatrick_scale"] for r in dm.splits["test"].records}
+    assert train_fst <= {5, 6} and -1 in test_fst and not (test_fst & {5, 6})
+    assert np.isin([r["label"] for r in dm.splits["test"].records], [r["label"] for r in dm.splits["train"].records]).all()

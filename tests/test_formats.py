@@ -1,0 +1,30 @@
+from skinflow.data.formats import CAPTION_FIELDS, Target, parse_answer, parse_caption, render_answer, render_caption, render_target
+
+
+def test_caption_round_trip_in_schema_order():
+    fields = {name: f"value {i}" for i, name in enumerate(reversed(CAPTION_FIELDS))}
+    text = render_caption(fields)
+    assert [line.split(":")[0] for line in text.splitlines()[1:-1]] == list(CAPTION_FIELDS)
+    assert parse_caption(text) == (fields, "ok")
+
+
+def test_answer_round_trip_and_at_most_six():
+    labels = ["psoriasis", "eczema", "melanoma", "milia", "vitiligo", "keloid", "acne"]
+    parsed = parse_answer(render_answer(labels))
+    assert parsed.labels == tuple(labels[:6]) and parsed.status == "ok"
+
+
+def test_warmup_target_is_caption_then_answer_with_gold_first():
+    target = Target("melanoma", "malignant melanoma", "malignant", caption={"colour": "brown"},
+                    differential=("melanoma", "malignant melanoma", "nevocytic nevus"))
+    text = render_target(target)
+    assert text.index("<caption>") < text.index("<answer>")
+    assert parse_answer(text).labels == ("melanoma", "malignant melanoma", "nevocytic nevus")
+    assert "<caption>" not in render_target(Target("melanoma", "x", "y"))
+
+
+def test_parse_statuses():
+    assert parse_answer("no block here").status == "missing"
+    assert parse_answer("<answer>\n1. psoriasis").status == "unclosed"
+    assert parse_answer("<answer>\n1. not a disease\n</answer>") .status == "empty"
+    assert parse_answer("<answer>\n- Psoriasis\n* eczma\n</answer>").labels == ("psoriasis", "eczema")

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from skinflow.data.transforms import eval_transform, train_transform
+
+
+def image(h=150, w=100, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("make", [train_transform, eval_transform])
+def test_square_uint8_output(make):
+    out = make(112)(image=image())["image"]
+    assert out.shape == (112, 112, 3) and out.dtype == np.uint8
+
+
+def test_eval_is_deterministic_and_train_is_not():
+    x = image()
+    assert np.array_equal(eval_transform(112)(image=x)["image"], eval_transform(112)(image=x)["image"])
+    t = train_transform(112)
+    assert not all(np.array_equal(t(image=x)["image"], t(image=x)["image"]) for _ in range(3))
+
+
+def test_colour_jitter_keeps_skin_tone_near_the_original():
+    # A flat skin-type-II patch: brightness may move by at most ~10%, never to a type-IV tone (~30% darker).
+    skin = np.full((112, 112, 3), (232, 190, 160), np.uint8)
+    t = train_transform(112)
+    means = np.array([t(image=skin)["image"].reshape(-1, 3).mean(0) for _ in range(200)])
+    assert np.abs(means / np.array([232, 190, 160]) - 1).max() < 0.2
+
+
+def test_colour_strength_is_bounded():
+    with pytest.raises(ValueError, match="skin type"):
+        train_transform(112, colour_strength=0.5)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from skinflow.data.datamodule import Fitzpatrick17kDataModule
+from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize
+from skinflow.stages.base import CheckpointMismatch, weighted_token_loss
+from skinflow.stages.warmup import WarmupStage
+
+
+@pytest.fixture(scope="module")
+def batch(synth_dir, tiny, tmp_path_factory):
+    dm = Fitzpatrick17kDataModule(csv_path=str(synth_dir / "labels.csv"), cache_dir=str(tmp_path_factory.mktemp("c")),
+                                  progress=False, batch_size=3, augment=False)
+    dm.processor = tiny[1]
+    dm.setup()
+    return next(iter(dm.val_dataloader()))
+
+
+def test_content_mask_marks_values_not_format(batch, tiny):
+    tok = tiny[1].tokenizer
+    row_ids, row_mask = batch["input_ids"][0], batch["content_mask"][0]
+    content = tok.decode(row_ids[row_mask])
+    fmt = tok.decode(row_ids[(batch["labels"][0] != -100) & ~row_mask])
+    target = batch["targets"][0]
+    assert target.caption["colour"] in content and target.label in content
+    assert "colour" not in content and "<answer>" not in content
+    assert "colour:" in fmt and "<answer>" in fmt and target.label not in fmt
+
+
+def test_weighted_loss_with_unit_weight_equals_the_model_loss(batch, tiny):
+    model = tiny[0]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+    with torch.no_grad():
+        out = model(**inputs, labels=batch["labels"])
+        ours = weighted_token_loss(out.logits, batch["labels"], batch["content_mask"], 1.0)
+        heavier = weighted_token_loss(out.logits, batch["labels"], batch["content_mask"], 10.0)
+    assert torch.allclose(ours, out.loss, atol=1e-5)
+    assert not torch.allclose(heavier, ours)
+
+
+def test_weighted_loss_matches_a_plain_loop():
+    torch.manual_seed(0)
+    logits, labels = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))
+    labels[0, :2] = -100
+    content = torch.rand(2, 5) > 0.5
+    total = weight_sum = 0.0
+    for b in range(2):
+        for t in range(1, 5):
+            if labels[b, t] == -100:
+                continue
+            w = 3.0 if content[b, t] else 1.0
+            total += w * -torch.log_softmax(logits[b, t - 1], -1)[labels[b, t]].item()
+            weight_sum += w
+    assert weighted_token_loss(logits, labels, content, 3.0).item() == pytest.approx(total / weight_sum, rel=1e-5)
+
+
+def test_checkpoint_holds_only_trainable_weights_and_identity():
+    stage = WarmupStage(backbone=BackboneSpec(lora=LoRASpec(r=2)))
+    checkpoint = {}
+    stage.on_save_checkpoint(checkpoint)
+    trainable = {n: p for n, p in stage.named_parameters() if p.requires_grad}
+    assert set(checkpoint["state_dict"]) == set(trainable)
+    stored = sum(t.numel() * t.element_size() for t in checkpoint["state_dict"].values())
+    assert stored < 2 * sum(p.numel() * p.element_size() for p in trainable.values())
+    assert checkpoint["backbone_identity"]["preset"] == "tiny"
+
+
+def test_init_from_restores_trainable_weights(tmp_path):
+    source = WarmupStage(backbone=BackboneSpec(lora=LoRASpec(r=2)))
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if p.requires_grad:
+                p.add_(0.5)
+    checkpoint = {}
+    source.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "a.ckpt")
+    fresh = WarmupStage(backbone=BackboneSpec(lora=LoRASpec(r=2)), init_from=str(tmp_path / "a.ckpt"))
+    for (name, p), q in zip(source.named_parameters(), fresh.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_mismatched_backbone_is_refused_naming_both(tmp_path):
+    source = WarmupStage(backbone=BackboneSpec(tiny=TinySize(text_layers=1)))
+    checkpoint = {}
+    source.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "b.ckpt")
+    with pytest.raises(CheckpointMismatch, match=r"b\.ckpt.*preset='tiny'.*config=\w+.*this stage's backbone is preset='tiny'"):
+        WarmupStage(init_from=str(tmp_path / "b.ckpt"))
