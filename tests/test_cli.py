@@ -44,16 +44,20 @@ def test_every_config_parses_through_the_cli(path):
 
 def test_7b_recipe_builds_on_meta_without_download():
     from skinflow.models.backbone import BackboneSpec, LoRASpec, build_model, count_parameters
+    from skinflow.models.dve import DVESpec, attach_dve
 
     config = print_config(["--config", str(REPO / "configs/experiment/warmup_qwen2_5_vl_7b.yaml")])
     backbone = dict(config["model"]["init_args"]["backbone"])
     backbone["lora"] = LoRASpec(**backbone["lora"])
+    backbone["dve"] = DVESpec(**backbone["dve"])
     backbone.pop("tiny")
     spec = BackboneSpec(**backbone)
-    assert spec.preset == "qwen2.5-vl-7b" and spec.dtype == "bfloat16"
+    assert spec.preset == "qwen2.5-vl-7b" and spec.dtype == "bfloat16" and spec.dve.enabled
     assert config["trainer"]["precision"] == "bf16-true"
     model = build_model(spec, device="meta")
     assert count_parameters(model) > 8e9
+    replaced = attach_dve(model, spec.dve)
+    assert replaced[0] == "visual.blocks.7.mlp.gate_proj" and len(replaced) == 12
 
 
 def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
@@ -74,6 +78,10 @@ def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
     metrics = run.data.metrics
     assert {"train/loss", "val/loss", "val/top1_exact", "val/top6_exact", "val/parse_failure", "test/top1_exact"} <= set(metrics)
     assert 0 <= metrics["val/top1_exact"] <= metrics["val/top6_exact"] <= 1
+    # the full clinical collection, with per-skin-type values
+    assert {"val/graded_top1", "val/graded_top6", "val/top3_nine", "val/top1_three", "val/malignant_miss_top1",
+            "test/graded_top1_by_fst/worst", "test/graded_top1_by_fst/gap"} <= set(metrics)
+    assert any(key.startswith("test/graded_top1_by_fst/fst_") for key in metrics)
     assert run.data.tags["skinflow.stage"] == "warmup"
     assert len(run.data.tags["mlflow.source.git.commit"]) >= 7
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

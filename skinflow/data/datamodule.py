@@ -28,7 +28,7 @@ from skinflow.data.collate import VisionLanguageCollator
 from skinflow.data.formats import CAPTION_COLUMNS, PROMPTS, Target
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.data.splits import PRESETS, assign_splits
-from skinflow.data.synthetic import generate
+from skinflow.data.synthetic import RENDER_VERSION, generate
 from skinflow.data.transforms import eval_transform, train_transform
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
     def csv_file(self) -> Path:
         if self.hparams.csv_path is not None:
             return Path(self.hparams.csv_path)
-        name = f"synthetic-{self.hparams.synthetic_per_class}-seed{self.hparams.synthetic_seed}"
+        name = f"synthetic-v{RENDER_VERSION}-{self.hparams.synthetic_per_class}-seed{self.hparams.synthetic_seed}"
         return Path(self.hparams.cache_dir) / name / "labels.csv"
 
     @property
@@ -245,7 +245,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
                     reason = f"unreadable: {type(err).__name__}: {err}"
             if reason:
                 bad.append({"md5hash": md5, "reason": reason})
-            files.append(name)
+            files.append(None if reason else name)
         report["bad_images"] = bad
         if bad:
             listing = ", ".join(f"{b['md5hash']} ({b['reason']})" for b in bad[:5])

@@ -113,13 +113,14 @@ class ParsedAnswer:
     labels: tuple[str, ...]
     status: str  # "ok" | "unclosed" | "missing" | "empty"
     unknown: int = 0  # entries that named no ontology label
+    entries: int = 0  # non-empty entries read (known, unknown and repeated)
 
 
 def parse_answer(text: str, k: int = MAX_RANKS) -> ParsedAnswer:
     """Parse the ranked-answer block of ``text`` into at most ``k`` canonical labels. Never raises.
 
     >>> parse_answer("<answer>\\n1. Psoriasis\\n2. eczema\\n3. psoriasis\\n</answer>")
-    ParsedAnswer(labels=('psoriasis', 'eczema'), status='ok', unknown=0)
+    ParsedAnswer(labels=('psoriasis', 'eczema'), status='ok', unknown=0, entries=3)
     """
     if not isinstance(text, str):
         return ParsedAnswer((), "missing")
@@ -128,21 +129,22 @@ def parse_answer(text: str, k: int = MAX_RANKS) -> ParsedAnswer:
         return ParsedAnswer((), "missing")
     status = "ok" if f"</answer>" in text[match.start():] else "unclosed"
     labels: list[str] = []
-    unknown = 0
+    unknown = entries = 0
     for line in match.group(1).splitlines():
         entry = _LIST_MARKER.sub("", line).strip()
         if not entry:
+            continue
+        entries += 1
+        if len(labels) == k:  # past the k-th label entries are only counted (format checks the count)
             continue
         label = canonicalize(entry)
         if label is None:
             unknown += 1
         elif label not in labels:
             labels.append(label)
-        if len(labels) == k:
-            break
     if not labels and status == "ok":
         status = "empty"
-    return ParsedAnswer(tuple(labels), status, unknown)
+    return ParsedAnswer(tuple(labels), status, unknown, entries)
 
 
 def parse_caption(text: str) -> tuple[dict[str, str], str]:

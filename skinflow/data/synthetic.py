@@ -56,6 +56,8 @@ LESION_CLASSES: tuple[LesionClass, ...] = (
     LesionClass("milia", "white", "round", "smooth", "multiple", "papule", "well-defined", ("<1 cm",), ("eyelid", "cheek", "face")),
 )
 CLASS_KEY_ATTRIBUTES = ("colour", "shape", "surface", "distribution")
+# Bump when the drawing changes: cached synthetic folders are named by it, so stale images are never reused.
+RENDER_VERSION = 4
 
 # Six background tones, light to dark, one per Fitzpatrick-like level (sRGB).
 SKIN_TONES: dict[int, tuple[int, int, int]] = {
@@ -66,7 +68,7 @@ LESION_RGB: dict[str, tuple[int, int, int]] = {
     "red": (200, 30, 35), "pink": (240, 140, 170), "brown": (95, 55, 25),
     "purple": (110, 40, 130), "white": (250, 248, 240),
 }
-SIZE_RADIUS: dict[str, tuple[float, float]] = {"<1 cm": (0.08, 0.11), "1-3 cm": (0.15, 0.2), ">3 cm": (0.26, 0.32)}
+SIZE_RADIUS: dict[str, tuple[float, float]] = {"<1 cm": (0.1, 0.13), "1-3 cm": (0.16, 0.21), ">3 cm": (0.27, 0.32)}
 CSV_COLUMNS = (
     "md5hash", "fitzpatrick_scale", "fitzpatrick_centaur", "label", "nine_partition_label",
     "three_partition_label", "qc", "url", "url_alphanum", *CAPTION_COLUMNS.values(),
@@ -78,12 +80,20 @@ def _shape_mask(rng: np.random.Generator, size: int, shape: str, cx: float, cy: 
     aspect = rng.uniform(0.8, 1.2)
     dx, dy = (xx - cx) / aspect, (yy - cy) * aspect
     rho, theta = np.hypot(dx, dy), np.arctan2(dy, dx)
-    if shape == "irregular":
-        wobble = sum(rng.uniform(0.12, 0.25) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
-        return (rho < r * (1 + 0.6 * wobble)).astype(np.float32)
-    if shape == "annular":
-        return ((rho < r) & (rho > 0.62 * r)).astype(np.float32)
+    if shape == "irregular":  # lobed outline: strong low harmonics, visible at 14-pixel patches
+        wobble = sum(rng.uniform(0.2, 0.3) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
+        return (rho < r * (1 + 0.75 * wobble)).astype(np.float32)
+    if shape == "annular":  # a ring with clear central skin
+        return ((rho < r) & (rho > 0.55 * r)).astype(np.float32)
     return (rho < r).astype(np.float32)
+
+
+def _blobs(rng: np.random.Generator, size: int, blur: float, threshold: float) -> np.ndarray:
+    """Boolean mask of random blobs; larger ``blur`` gives coarser blobs."""
+    noise = Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur))
+    field = np.asarray(noise, np.float32)
+    field = (field - field.mean()) / (field.std() + 1e-6)
+    return field > np.quantile(field, threshold)
 
 
 def _background(rng: np.random.Generator, size: int, level: int) -> np.ndarray:
@@ -119,21 +129,28 @@ def render_lesion(cls: LesionClass, level: int, rng: np.random.Generator, size: 
     lo, hi = SIZE_RADIUS[size_field]
     count = 1 if cls.distribution == "single" else int(rng.integers(3, 6))
     mask = np.zeros((size, size), np.float32)
+    placed: list[tuple[float, float, float]] = []
     for _ in range(count):
-        r = rng.uniform(lo, hi) * (1.0 if count == 1 else 0.75)
+        r = rng.uniform(lo, hi) * (1.0 if count == 1 else 0.85)
         margin = min(0.12 + r, 0.5)
-        cx, cy = rng.uniform(margin, 1 - margin, 2)
+        for _attempt in range(30):  # lesions of a "multiple" image never touch: overlapping discs would look irregular
+            cx, cy = rng.uniform(margin, 1 - margin, 2)
+            if all(np.hypot(cx - x, cy - y) > 1.5 * (r + q) + 0.02 for x, y, q in placed):
+                break
+        else:
+            continue
+        placed.append((cx, cy, r))
         mask = np.maximum(mask, _shape_mask(rng, size, cls.shape, cx, cy, r))
     blur = 3.5 if cls.border == "ill-defined" else 0.6
     mask = np.asarray(Image.fromarray((mask * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(blur)), np.float32) / 255
     colour = np.array(LESION_RGB[cls.colour], np.float32) * rng.uniform(0.9, 1.05)
     lesion = colour[None, None, :] + rng.normal(0, 6, (size, size, 3))
-    if cls.surface == "scaly":  # silvery flecks
-        flecks = (rng.random((size, size)) < 0.12)[..., None]
-        lesion = np.where(flecks, np.array([235, 235, 228], np.float32), lesion)
-    elif cls.surface == "crusted":  # yellow-brown granular crust
-        crust = np.asarray(Image.fromarray((rng.random((size, size)) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(1.2)), np.float32) / 255
-        lesion = np.where((crust > 0.55)[..., None], np.array([150, 110, 40], np.float32), lesion * 0.85)
+    if cls.surface == "scaly":  # silvery-white flakes of a few pixels, about a third of the surface
+        flakes = _blobs(rng, size, blur=0.9, threshold=0.62)
+        lesion = np.where(flakes[..., None], np.array([238, 238, 230], np.float32), lesion)
+    elif cls.surface == "crusted":  # coarse yellow-brown crust over darkened lesion
+        crust = _blobs(rng, size, blur=2.2, threshold=0.5)
+        lesion = np.where(crust[..., None], np.array([165, 120, 35], np.float32), lesion * 0.7)
     alpha = 0.9 * mask[..., None]
     img = img * (1 - alpha) + lesion * alpha
     return _draw_hairs(rng, img, level), size_field

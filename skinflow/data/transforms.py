@@ -6,7 +6,10 @@ make the skin-type label of an augmented image wrong, and the per-skin-type metr
 built on them) would then measure the augmentation instead of the model. So brightness and contrast move by at
 most ±``colour_strength`` (default 0.1), saturation by ±0.1 and hue by at most ±0.02 (about ±7 degrees), which
 keeps an image inside its neighbouring skin tones; there is no grayscale, channel shuffle or solarise.
-Geometry (crop, flips, rotation) is free: lesions have no canonical orientation.
+Geometry: lesions have no canonical orientation, so flips and 90-degree rotations (the dihedral group, exact
+and without border artefacts) are free. There is no arbitrary-angle rotation: its reflected corners mirror
+lesions near the edge into the image, which changes the apparent count (distribution) and outline (shape) of
+what is there. The random crop keeps at least 85% of the area for the same reason.
 """
 
 from __future__ import annotations
@@ -28,10 +31,9 @@ def train_transform(image_size: int, colour_strength: float = 0.1) -> A.Compose:
     return A.Compose([
         A.LongestMaxSize(max_size=image_size),
         A.PadIfNeeded(min_height=image_size, min_width=image_size, border_mode=cv2.BORDER_REFLECT_101),
-        A.RandomResizedCrop(size=(image_size, image_size), scale=(0.7, 1.0), ratio=(0.85, 1.18)),
+        A.RandomResizedCrop(size=(image_size, image_size), scale=(0.85, 1.0), ratio=(0.9, 1.1)),
         A.HorizontalFlip(p=0.5),
-        A.VerticalFlip(p=0.5),
-        A.Rotate(limit=30, border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+        A.RandomRotate90(p=1.0),
         A.ColorJitter(brightness=colour_strength, contrast=colour_strength, saturation=0.1, hue=MAX_HUE_SHIFT, p=0.8),
     ])
 

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from skinflow.models.dve import DVESpec, attach_dve, set_dve_trainable
 from skinflow.models.processor import VisionLanguageProcessor
 from skinflow.models.tiny_tokenizer import ASSET_DIR as TINY_TOKENIZER_DIR
 
@@ -68,7 +69,7 @@ class TinySize:
     text_hidden: int = 128
     text_layers: int = 2
     text_heads: int = 4
-    vision_hidden: int = 64
+    vision_hidden: int = 128
     vision_depth: int = 4
     vision_heads: int = 4
 
@@ -97,6 +98,7 @@ class BackboneSpec:
         gradient_checkpointing: recompute activations in backward.
         tiny: shape of the tiny preset.
         seed: seed of the random initialisation.
+        dve: Dynamic Vision Encoder (FDLinear in the vision MLPs); off by default.
     """
 
     preset: str = "tiny"
@@ -108,6 +110,7 @@ class BackboneSpec:
     gradient_checkpointing: bool = False
     tiny: TinySize = field(default_factory=TinySize)
     seed: int = 0
+    dve: DVESpec = field(default_factory=DVESpec)
 
 
 def tiny_config(size: TinySize, tokenizer) -> Qwen2_5_VLConfig:
@@ -198,7 +201,8 @@ def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device |
 
 
 def apply_finetuning(model: torch.nn.Module, spec: BackboneSpec) -> torch.nn.Module:
-    """LoRA (base frozen, adapters trainable) or full training, with the vision tower frozen if asked."""
+    """LoRA (base frozen, adapters trainable) or full training, with the vision tower frozen if asked; DVE
+    parameters then follow ``spec.dve``."""
     if spec.lora is not None:
         from peft import LoraConfig, get_peft_model
 
@@ -210,6 +214,8 @@ def apply_finetuning(model: torch.nn.Module, spec: BackboneSpec) -> torch.nn.Mod
     elif spec.freeze_vision:
         for param in model.model.visual.parameters():
             param.requires_grad_(False)
+    if spec.dve.enabled:
+        set_dve_trainable(model, spec.dve, base_trainable=spec.lora is None and not spec.freeze_vision)
     return model
 
 
@@ -217,6 +223,7 @@ def build_backbone(spec: BackboneSpec) -> tuple[torch.nn.Module, VisionLanguageP
     """``(model, processor)`` for ``spec``, with LoRA/freezing applied."""
     processor = build_processor(spec)
     model = build_model(spec, processor.tokenizer)
+    attach_dve(model, spec.dve)
     return apply_finetuning(model, spec), processor
 
 
@@ -224,7 +231,9 @@ def backbone_identity(spec: BackboneSpec, model: torch.nn.Module) -> dict:
     """What a checkpoint records about the backbone it was trained on (preset, path, config hash)."""
     config = getattr(model, "config", None)
     text = config.to_json_string(use_diff=False) if config is not None else ""
-    cleaned = json.dumps({k: v for k, v in json.loads(text or "{}").items() if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")}, sort_keys=True)
+    architecture = {k: v for k, v in json.loads(text or "{}").items() if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")}
+    architecture["dve"] = asdict(spec.dve) if spec.dve.enabled else None  # FDLinear changes the architecture
+    cleaned = json.dumps(architecture, sort_keys=True)
     return {
         "preset": spec.preset, "pretrained_path": spec.pretrained_path,
         "config_sha256": hashlib.sha256(cleaned.encode()).hexdigest(), "spec": asdict(spec),

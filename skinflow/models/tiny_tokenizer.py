@@ -35,7 +35,8 @@ def training_corpus() -> list[str]:
     from skinflow.data.ontology import ALIASES, ONTOLOGY
     from skinflow.data.synthetic import LESION_CLASSES, SIZE_RADIUS
 
-    lines = [SYSTEM_PROMPT, *PROMPTS.values(), "You are a helpful assistant.", " ".join(SPECIAL_TAGS)]
+    # prompts repeated so their words become whole tokens: every training sequence carries one
+    lines = [SYSTEM_PROMPT, *PROMPTS.values(), "You are a helpful assistant.", " ".join(SPECIAL_TAGS)] * 40
     lines += [f"{rank}. {label}" for label in ONTOLOGY.labels for rank in range(1, 7)]
     lines += [f"{rank}. {label}" for label in sorted(ONTOLOGY.nine_partitions) for rank in range(1, 3)]
     lines += [alias for alias in sorted(ALIASES)]

@@ -20,7 +20,8 @@ from torch import nn
 
 from skinflow.data.formats import ParsedAnswer, Target, parse_answer
 from skinflow.data.ontology import ONTOLOGY
-from skinflow.metrics.ranked import ParseFailureRate, TopKAccuracy, ranked_indices
+from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
+from skinflow.metrics.grading import GradingSpec, ranked_indices
 from skinflow.models.backbone import BackboneSpec, backbone_identity, build_backbone, count_parameters
 
 SAMPLE_TABLE_ROWS = 16
@@ -36,12 +37,6 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: flo
         return (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def evaluation_metrics() -> nn.ModuleDict:
-    return nn.ModuleDict({
-        "top1_exact": TopKAccuracy(k=1), "top6_exact": TopKAccuracy(k=6), "parse_failure": ParseFailureRate(),
-    })
 
 
 def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, content: torch.Tensor, content_weight: float) -> torch.Tensor:
@@ -64,12 +59,15 @@ class SkinflowStage(LightningModule):
 
     stage_name = "base"
 
-    def __init__(self, backbone: BackboneSpec | None = None, max_new_tokens: int = 96, init_from: str | None = None):
+    def __init__(self, backbone: BackboneSpec | None = None, max_new_tokens: int = 96, init_from: str | None = None,
+                 grading: GradingSpec | None = None):
         super().__init__()
         self.backbone_spec = backbone or BackboneSpec()
         self.model, self.processor = build_backbone(self.backbone_spec)
         self.max_new_tokens = max_new_tokens
-        self.metrics = nn.ModuleDict({split: evaluation_metrics() for split in ("val", "test")})
+        grading = grading or GradingSpec()
+        self.metrics = nn.ModuleDict({split: clinical_metrics(grading) for split in ("val", "test")})
+        self.parse_failure = nn.ModuleDict({split: ParseFailureRate() for split in ("val", "test")})
         self._samples: list[dict] = []
         self.strict_loading = False  # checkpoints carry trainable weights only
         if init_from:
@@ -104,9 +102,10 @@ class SkinflowStage(LightningModule):
     def update_metrics(self, split: str, answers: list[ParsedAnswer], targets: list[Target]) -> None:
         preds = ranked_indices(answers).to(self.device)
         target = torch.tensor([ONTOLOGY.index(t.label) for t in targets], device=self.device)
-        failed = torch.tensor([a.status != "ok" or not a.labels for a in answers], device=self.device)
-        for name, metric in self.metrics[split].items():
-            metric.update(failed) if name == "parse_failure" else metric.update(preds, target)
+        fitzpatrick = torch.tensor([t.fitzpatrick for t in targets], device=self.device)
+        self.parse_failure[split].update(torch.tensor([a.status != "ok" or not a.labels for a in answers], device=self.device))
+        for metric in self.metrics[split].values():
+            metric.update(preds, target, fitzpatrick) if isinstance(metric, BySkinType) else metric.update(preds, target)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/loss", self.teacher_forced_loss(batch), batch_size=len(batch["targets"]), sync_dist=True)
@@ -117,8 +116,16 @@ class SkinflowStage(LightningModule):
 
     def _log_split(self, split: str) -> None:
         for name, metric in self.metrics[split].items():
-            self.log(f"{split}/{name}", metric.compute(), sync_dist=False)
+            value = metric.compute()
+            if isinstance(value, dict):  # stratified: {split}/{name}/fst_1 ... /worst, /gap
+                for key, v in value.items():
+                    if not torch.isnan(v):
+                        self.log(f"{split}/{name}/{key}", v)
+            elif not torch.isnan(value):
+                self.log(f"{split}/{name}", value)
             metric.reset()
+        self.log(f"{split}/parse_failure", self.parse_failure[split].compute())
+        self.parse_failure[split].reset()
         self.log_samples(split)
 
     def on_validation_epoch_end(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
 from skinflow.stages.base import SkinflowStage, warmup_cosine
 
@@ -33,6 +34,7 @@ class WarmupStage(SkinflowStage):
         max_new_tokens: generation length at validation and test.
         init_from: checkpoint of an earlier stage whose trainable weights to start from.
         content_weight: loss weight of content tokens relative to format tokens (see the module docstring).
+        grading: credit values of the clinical hierarchy used by the validation/test metrics.
     """
 
     stage_name = "warmup"
@@ -48,8 +50,9 @@ class WarmupStage(SkinflowStage):
         max_new_tokens: int = 96,
         init_from: str | None = None,
         content_weight: float = 1.0,
+        grading: GradingSpec | None = None,
     ):
-        super().__init__(backbone, max_new_tokens, init_from)
+        super().__init__(backbone, max_new_tokens, init_from, grading)
         self.save_hyperparameters()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

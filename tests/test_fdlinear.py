@@ -1,0 +1,131 @@
+import pytest
+import torch
+
+from skinflow.models.fdlinear import FDLinear, dve_head_parameters, frequency_groups
+
+
+@pytest.mark.parametrize("in_f,out_f", [(7, 5), (9, 13), (1280, 3420), (3420, 1280)])
+def test_from_linear_reproduces_the_linear(in_f, out_f):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(in_f, out_f)
+    layer = FDLinear.from_linear(linear, num_groups=min(64, out_f * (in_f // 2 + 1)))
+    x = torch.randn(2, 11, in_f)
+    with torch.no_grad():
+        assert (layer(x) - linear(x)).abs().max().item() < 1e-5
+        assert (layer(x.reshape(-1, in_f)) - linear(x.reshape(-1, in_f))).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7, 10, 64, 5 * 5])
+def test_groups_partition_coefficients_and_bases_sum_to_weight(k):
+    torch.manual_seed(k)
+    linear = torch.nn.Linear(9, 5)  # 5 x 5 = 25 coefficients: most K do not divide it
+    layer = FDLinear.from_linear(linear, num_groups=min(k, 25))
+    groups = layer.group_index
+    assert groups.shape == (5, 5)
+    sizes = torch.bincount(groups.flatten(), minlength=layer.num_groups)
+    assert sizes.sum() == 25 and sizes.min() >= 1 and sizes.max() - sizes.min() <= 1
+    bases = torch.stack([layer.basis(i) for i in range(layer.num_groups)])
+    assert torch.allclose(bases.sum(0), linear.weight, atol=1e-5)
+
+
+def test_groups_are_rings_of_increasing_frequency():
+    groups = frequency_groups(8, 8, 4)
+    assert groups[0, 0] == 0  # the DC coefficient is in the lowest ring
+    assert groups[4, 4] == 3  # the highest (Nyquist, Nyquist) in the highest
+    with pytest.raises(ValueError, match="between 1 and"):
+        frequency_groups(4, 4, 13)
+
+
+def test_bases_are_frequency_disjoint_outside_the_self_conjugate_columns():
+    # irfft2 makes the fi = 0 and fi = I/2 columns Hermitian, so a conjugate pair split across two groups
+    # shares energy there; every other coefficient belongs to exactly one basis.
+    layer = FDLinear.from_linear(torch.nn.Linear(8, 6), num_groups=3)
+    spectra = [torch.fft.rfft2(layer.basis(k)) for k in range(3)]
+    inner = torch.zeros_like(layer.group_index, dtype=torch.bool)
+    inner[:, 1:-1] = True
+    for k, spectrum in enumerate(spectra):
+        outside = (layer.group_index != k) & inner
+        assert spectrum[outside].abs().max() < 1e-4
+        assert spectrum[(layer.group_index == k) & inner].abs().max() > 1e-3
+
+
+def packed(layer, lengths, seed=0):
+    torch.manual_seed(seed)
+    tokens = [torch.randn(n, layer.in_features) for n in lengths]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    return tokens, cu
+
+
+def trained_layer(seed=0):
+    torch.manual_seed(seed)
+    layer = FDLinear.from_linear(torch.nn.Linear(12, 10), num_groups=5)
+    with torch.no_grad():
+        for head in (layer.to_groups, layer.to_in, layer.to_out):
+            head.weight.normal_(0, 0.5)
+    return layer
+
+
+def test_packed_output_of_an_image_does_not_depend_on_its_neighbours():
+    layer = trained_layer()
+    tokens, cu = packed(layer, [5, 9, 3])
+    together = layer(torch.cat(tokens), cu_seqlens=cu)
+    alone = layer(tokens[1], cu_seqlens=torch.tensor([0, 9]))
+    assert torch.allclose(together[5:14], alone, atol=1e-6)
+    # and differs from treating the whole pack as one image
+    assert not torch.allclose(layer(torch.cat(tokens))[5:14], alone, atol=1e-4)
+
+
+def test_batched_equals_packed():
+    layer = trained_layer()
+    x = torch.randn(3, 4, 12)
+    cu = torch.tensor([0, 4, 8, 12])
+    assert torch.allclose(layer(x), layer(x.reshape(12, 12), cu_seqlens=cu).reshape(3, 4, 10), atol=1e-6)
+
+
+def test_heads_learn_per_image_weights_and_frozen_parameters_stay():
+    torch.manual_seed(0)
+    layer = FDLinear.from_linear(torch.nn.Linear(12, 10), num_groups=5)
+    layer.spectrum.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    frozen = {n: p.detach().clone() for n, p in layer.named_parameters() if not p.requires_grad}
+    opt = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=1e-2)
+    images = [torch.randn(6, 12) + 2, torch.randn(6, 12) - 2]
+    cu = torch.tensor([0, 6, 12])
+    target = torch.randn(12, 10)
+    for _ in range(5):
+        loss = (layer(torch.cat(images), cu_seqlens=cu) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    w = [layer.dynamic_weight(layer.gains(img.mean(0, keepdim=True))[0][0]) for img in images]
+    assert (w[0] - w[1]).abs().max() > 1e-4
+    for name, value in frozen.items():
+        assert torch.equal(value, dict(layer.named_parameters())[name]), name
+
+
+def test_backward_matches_an_explicit_weight():
+    layer = trained_layer(1)
+    x = torch.randn(7, 12, requires_grad=True)
+    y = layer(x)
+    beta, a_in, a_out = layer.gains(x.mean(0, keepdim=True))
+    w = a_out[0][:, None] * layer.dynamic_weight(beta[0]) * a_in[0][None, :]
+    ref = x @ w.T + layer.bias
+    assert torch.allclose(y, ref, atol=1e-5)
+    grad, = torch.autograd.grad(y.sum(), x)
+    ref_grad, = torch.autograd.grad(ref.sum(), x)
+    assert torch.allclose(grad, ref_grad, atol=1e-5)
+
+
+def test_state_dict_round_trip():
+    layer = trained_layer(2)
+    clone = FDLinear(12, 10, num_groups=5)
+    clone.load_state_dict(layer.state_dict())
+    x = torch.randn(4, 12)
+    assert torch.equal(layer(x), clone(x))
+    assert "group_index" not in layer.state_dict()  # derived from the shape, not stored
+
+
+def test_parameter_count_from_shapes():
+    layer = FDLinear.from_linear(torch.nn.Linear(40, 30), num_groups=6, reduction=1 / 16, min_channels=16)
+    added = sum(p.numel() for p in layer.parameters()) - (40 * 30 + 30)
+    assert added == dve_head_parameters(40, 30, 6, 1 / 16, 16)

@@ -1,0 +1,151 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, top_k_accuracy_score
+
+from skinflow.data.formats import Target, parse_answer
+from skinflow.data.ontology import ONTOLOGY, synonym_group
+from skinflow.metrics.clinical import BySkinType, GradedScore, MalignantMissRate, TopK, clinical_metrics
+from skinflow.metrics.grading import GradingSpec, credit_matrix, ranked_indices
+from skinflow.rl.rewards import caption_fields_reward, format_reward, ranked_diagnosis_reward
+
+N_LABELS = len(ONTOLOGY)
+IDENTITY = GradingSpec(exact=1.0, synonym=0.0, nine=0.0, three=0.0)
+
+
+def random_ranked(n, k=6, seed=0, empty=0.0):
+    rng = np.random.default_rng(seed)
+    preds = np.stack([rng.choice(N_LABELS, size=k, replace=False) for _ in range(n)])
+    target = np.where(rng.random(n) < 0.4, preds[:, rng.integers(0, k)], rng.integers(0, N_LABELS, n))
+    if empty:
+        preds[rng.random((n, k)) < empty] = -1
+    return torch.tensor(preds), torch.tensor(target)
+
+
+def test_identity_credit_top1_equals_sklearn_accuracy():
+    preds, target = random_ranked(97, seed=1)
+    metric = GradedScore(1, IDENTITY)
+    metric.update(preds, target)
+    assert metric.compute().item() == pytest.approx(accuracy_score(target, preds[:, 0]))
+    assert TopK(1)(preds, target).item() == pytest.approx(accuracy_score(target, preds[:, 0]))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 6])
+def test_topk_equals_sklearn_top_k_accuracy(k):
+    preds, target = random_ranked(101, seed=k)
+    scores = np.zeros((len(preds), N_LABELS))
+    for row, ranked in enumerate(preds.numpy()):
+        scores[row, ranked] = np.arange(6, 0, -1)  # earlier rank, higher score
+    expected = top_k_accuracy_score(target.numpy(), scores, k=k, labels=np.arange(N_LABELS))
+    assert TopK(k)(preds, target).item() == pytest.approx(expected)
+
+
+def numpy_graded(preds, target, credit, k):
+    out = []
+    for ranked, t in zip(preds.numpy(), target.numpy()):
+        best = 0.0
+        for r, p in enumerate(ranked[:k], start=1):
+            if p >= 0:
+                best = max(best, credit[t, p] / np.log2(r + 1))
+        out.append(best)
+    return float(np.mean(out))
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_graded_score_equals_a_numpy_loop(k):
+    preds, target = random_ranked(83, seed=10 + k, empty=0.2)
+    credit = credit_matrix(GradingSpec()).numpy()
+    assert GradedScore(k)(preds, target).item() == pytest.approx(numpy_graded(preds, target, credit, k), rel=1e-6)
+
+
+def test_chunked_updates_forward_and_pickle():
+    preds, target = random_ranked(60, seed=3, empty=0.1)
+    for make in (lambda: TopK(3, "nine"), lambda: GradedScore(6), lambda: MalignantMissRate(1)):
+        whole, chunked = make(), make()
+        whole.update(preds, target)
+        for a, b in ((0, 7), (7, 31), (31, 60)):
+            chunked.update(preds[a:b], target[a:b])
+        assert torch.allclose(whole.compute(), chunked.compute())
+        fresh = make()
+        batch_value = fresh(preds[:20], target[:20])
+        reference = make()
+        reference.update(preds[:20], target[:20])
+        assert torch.allclose(batch_value, reference.compute())
+        clone = pickle.loads(pickle.dumps(whole))
+        assert torch.allclose(clone.compute(), whole.compute())
+
+
+def test_unknown_skin_type_rows_do_not_change_stratified_values():
+    preds, target = random_ranked(50, seed=4)
+    fst = torch.tensor(np.random.default_rng(4).integers(1, 7, 50))
+    a, b = BySkinType(lambda: GradedScore(1)), BySkinType(lambda: GradedScore(1))
+    a.update(preds, target, fst)
+    extra_preds, extra_target = random_ranked(30, seed=5)
+    b.update(torch.cat([preds, extra_preds]), torch.cat([target, extra_target]), torch.cat([fst, torch.full((30,), -1)]))
+    va, vb = a.compute(), b.compute()
+    assert va.keys() == vb.keys() and all(torch.equal(va[k], vb[k]) for k in va)
+    per_type = [va[f"fst_{t}"] for t in range(1, 7)]
+    assert va["worst"] == min(per_type) and va["gap"] == pytest.approx((max(per_type) - min(per_type)).item())
+
+
+def target(label, caption=None):
+    return Target(label, ONTOLOGY.nine(label), ONTOLOGY.three(label), caption=caption)
+
+
+# (case, completion, reference, graded top-1, graded top-6, malignant miss at top-1, ranked_diagnosis, format)
+CASES = [
+    ("exact", "<answer>\n1. melanoma\n</answer>", "melanoma", 1.0, 1.0, 0.0, 1.0, 1.0),
+    ("synonym", "<answer>\n1. malignant melanoma\n</answer>", "melanoma", 1.0, 1.0, 0.0, 1.0, 1.0),
+    ("sibling (same nine-group)", "<answer>\n1. dermatofibroma\n</answer>", "pyogenic granuloma", 0.5, 0.5, None, 0.5, 1.0),
+    ("cousin (same three-class)", "<answer>\n1. milia\n</answer>", "pyogenic granuloma", 0.25, 0.25, None, 0.25, 1.0),
+    ("wrong partition, exact at rank 2", "<answer>\n1. psoriasis\n2. pyogenic granuloma\n</answer>", "pyogenic granuloma", 0.0, 1 / np.log2(3), None, 1 / np.log2(3), 1.0),
+    ("dangerous miss", "<answer>\n1. nevocytic nevus\n2. melanoma\n</answer>", "melanoma", 0.0, 1 / np.log2(3), 1.0, 1 / np.log2(3) - 0.5, 1.0),
+    ("empty", "", "melanoma", 0.0, 0.0, 1.0, -0.5, 0.0),
+    ("junk", "\x00\xff<answer>\nasdf qwer\n</answer>", "psoriasis", 0.0, 0.0, None, -0.25, 2 / 3),
+    ("duplicate entries", "<answer>\n1. psoriasis\n2. Psoriasis\n3. psoriasis\n</answer>", "psoriasis", 1.0, 1.0, None, 1.0, 1.0),
+    # unknown entries are dropped before ranking (scored in the 114-label space), so psoriasis is rank 1
+    ("out-of-ontology entry", "<answer>\n1. molluscum\n2. psoriasis\n</answer>", "psoriasis", 1.0, 1.0, None, 1.0 - 0.25 * 0.5, (1 + 1 + 0.5) / 3),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_hand_worked_cases(case):
+    name, text, label, graded1, graded6, miss, reward, fmt = case
+    preds = ranked_indices([parse_answer(text)])
+    ref = torch.tensor([ONTOLOGY.index(label)])
+    assert GradedScore(1)(preds, ref).item() == pytest.approx(graded1)
+    assert GradedScore(6)(preds, ref).item() == pytest.approx(graded6)
+    miss_metric = MalignantMissRate(1)
+    miss_metric.update(preds, ref)
+    if miss is None:
+        assert not ONTOLOGY.is_malignant(label) and miss_metric.count == 0
+    else:
+        assert miss_metric.compute().item() == miss
+    assert ranked_diagnosis_reward([text], [target(label)]).item() == pytest.approx(reward)
+    assert format_reward([text], [target(label)]).item() == pytest.approx(fmt)
+
+
+def test_synonym_and_exact_differ_only_for_exact_topk():
+    preds = ranked_indices([parse_answer("<answer>\n1. granuloma pyogenic\n</answer>")])
+    ref = torch.tensor([ONTOLOGY.index("pyogenic granuloma")])
+    assert TopK(1, "exact")(preds, ref).item() == 0.0
+    assert TopK(1, "nine")(preds, ref).item() == 1.0
+    assert "granuloma pyogenic" in synonym_group("pyogenic granuloma")
+
+
+def test_caption_fields_reward():
+    caption = {"colour": "red", "shape": "round", "surface": "scaly, silvery"}
+    perfect = "<caption>\ncolour: red\nshape: round\nsurface: scaly, silvery\n</caption>"
+    half = "<caption>\ncolour: red\nshape: annular\nsurface: silvery\n</caption>"
+    scores = caption_fields_reward([perfect, half, "nothing"], [target("psoriasis", caption)] * 3)
+    # colour exact 1, shape controlled mismatch 0, surface free text F1({silvery},{scaly, silvery}) = 2/3
+    assert scores.tolist() == pytest.approx([1.0, (1 + 0 + 2 / 3) / 3, 0.0])
+    assert caption_fields_reward([perfect], [target("psoriasis")]).item() == 0.0
+
+
+def test_collection_has_every_level_and_k():
+    names = set(clinical_metrics())
+    assert {f"top{k}_{level}" for k in range(1, 7) for level in ("exact", "nine", "three")} <= names
+    assert {"graded_top1", "graded_top6", "malignant_miss_top1", "malignant_miss_top6", "graded_top1_by_fst"} <= names
