@@ -32,3 +32,9 @@ def test_colour_jitter_keeps_skin_tone_near_the_original():
 def test_colour_strength_is_bounded():
     with pytest.raises(ValueError, match="skin type"):
         train_transform(112, colour_strength=0.5)
+
+
+def test_seeded_train_transform_repeats_its_stream():
+    x = image()
+    a, b = train_transform(112, seed=5), train_transform(112, seed=5)
+    assert all(np.array_equal(a(image=x)["image"], b(image=x)["image"]) for _ in range(4))

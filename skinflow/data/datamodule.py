@@ -283,7 +283,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         differentials = {label: differential(label, candidates, counts) for label in df["label"].unique()}
         size = self.hparams.image_size
         transforms = {
-            "train": train_transform(size, self.hparams.colour_strength) if self.hparams.augment else eval_transform(size),
+            "train": train_transform(size, self.hparams.colour_strength, self.hparams.split_seed) if self.hparams.augment else eval_transform(size),
             "val": eval_transform(size), "test": eval_transform(size),
         }
         for name in ("train", "val", "test"):

@@ -24,8 +24,8 @@ import cv2  # noqa: E402
 MAX_HUE_SHIFT = 0.02
 
 
-def train_transform(image_size: int, colour_strength: float = 0.1) -> A.Compose:
-    """Random crop, flips, rotation and a bounded colour jitter."""
+def train_transform(image_size: int, colour_strength: float = 0.1, seed: int | None = None) -> A.Compose:
+    """Random crop, flips, 90-degree rotations and a bounded colour jitter; ``seed`` fixes the random stream."""
     if not 0 <= colour_strength <= 0.2:
         raise ValueError(f"colour_strength={colour_strength} is outside [0, 0.2]: larger shifts can change the apparent skin type")
     return A.Compose([
@@ -35,7 +35,7 @@ def train_transform(image_size: int, colour_strength: float = 0.1) -> A.Compose:
         A.HorizontalFlip(p=0.5),
         A.RandomRotate90(p=1.0),
         A.ColorJitter(brightness=colour_strength, contrast=colour_strength, saturation=0.1, hue=MAX_HUE_SHIFT, p=0.8),
-    ])
+    ], seed=seed)
 
 
 def eval_transform(image_size: int) -> A.Compose:
