@@ -69,10 +69,10 @@ def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
         "--data.init_args.synthetic_per_class", "4", "--data.init_args.progress", "false",
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
         "--trainer.limit_test_batches", "1", "--trainer.check_val_every_n_epoch", "1",
-        "--trainer.enable_progress_bar", "false", "--model.init_args.max_new_tokens", "8",
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", "--model.init_args.max_new_tokens", "8",
     ])
     assert (tmp_path / "mlruns" / "mlflow.db").exists()
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     experiment = client.get_experiment_by_name("skinflow")
     (run,) = client.search_runs([experiment.experiment_id])
     metrics = run.data.metrics
@@ -90,3 +90,12 @@ def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
     assert config["data"]["init_args"]["synthetic_per_class"] == 4
     checkpoints = list((tmp_path / "mlruns").rglob("*.ckpt"))
     assert checkpoints and all(str(c).startswith(str(tmp_path / "mlruns")) for c in checkpoints)
+
+
+def test_relative_sqlite_store_is_made_absolute(tmp_path, monkeypatch):
+    from skinflow.tracking.mlflow import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tracking_uri("sqlite:///mlruns/mlflow.db") == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

@@ -149,3 +149,14 @@ def test_collection_has_every_level_and_k():
     names = set(clinical_metrics())
     assert {f"top{k}_{level}" for k in range(1, 7) for level in ("exact", "nine", "three")} <= names
     assert {"graded_top1", "graded_top6", "malignant_miss_top1", "malignant_miss_top6", "graded_top1_by_fst"} <= names
+
+
+def test_combined_reward_weights_and_rejects_unknown_names():
+    from skinflow.rl.rewards import RewardSpec, combined_reward
+
+    texts = ["<answer>\n1. melanoma\n</answer>", "nothing"]
+    refs = [target("melanoma"), target("melanoma")]
+    out = combined_reward(texts, refs, [RewardSpec("ranked_diagnosis", 2.0), RewardSpec("format", 0.5)])
+    assert out["total"].tolist() == pytest.approx([2.0 * 1.0 + 0.5 * 1.0, 2.0 * -0.5 + 0.5 * 0.0])
+    with pytest.raises(ValueError, match="unknown rewards"):
+        combined_reward(texts, refs, [RewardSpec("vibes")])

@@ -16,7 +16,7 @@ def test_demo_warmup_learns_synthetic_lesions(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(REPO / "configs/experiment/warmup_tiny_synthetic.yaml"),
           "--trainer.enable_progress_bar", "false", "--data.init_args.progress", "false"])
-    client = MlflowClient("sqlite:///mlruns/mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("skinflow").experiment_id])
     metrics = run.data.metrics
     print({k: round(v, 3) for k, v in metrics.items() if k.startswith("test/") and "fst" not in k})

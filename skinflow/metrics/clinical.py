@@ -113,11 +113,12 @@ class BySkinType(nn.Module):
 
     def compute(self) -> dict[str, torch.Tensor]:
         out = {name: metric.compute() for name, metric in self.groups.items()}
-        known = torch.stack([v for v in out.values() if not torch.isnan(v)]) if any(not torch.isnan(v) for v in out.values()) else None
-        higher = next(iter(self.groups.values())).higher_is_better
-        if known is not None:
-            out["worst"] = known.min() if higher else known.max()
-            out["gap"] = known.max() - known.min()
+        known = [v for v in out.values() if not torch.isnan(v)]
+        if known:
+            values = torch.stack(known)
+            higher = next(iter(self.groups.values())).higher_is_better
+            out["worst"] = values.min() if higher else values.max()
+            out["gap"] = values.max() - values.min()
         return out
 
     def reset(self) -> None:

@@ -64,7 +64,7 @@ PRESETS = ("tiny", *PRESET_CONFIGS)
 
 @dataclass
 class TinySize:
-    """Shape of the tiny preset (defaults: ~1.3 M parameters)."""
+    """Shape of the tiny preset (defaults: 1.7 M parameters)."""
 
     text_hidden: int = 128
     text_layers: int = 2

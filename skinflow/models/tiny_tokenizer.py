@@ -39,7 +39,7 @@ def training_corpus() -> list[str]:
     lines = [SYSTEM_PROMPT, *PROMPTS.values(), "You are a helpful assistant.", " ".join(SPECIAL_TAGS)] * 40
     lines += [f"{rank}. {label}" for label in ONTOLOGY.labels for rank in range(1, 7)]
     lines += [f"{rank}. {label}" for label in sorted(ONTOLOGY.nine_partitions) for rank in range(1, 3)]
-    lines += [alias for alias in sorted(ALIASES)]
+    lines += sorted(ALIASES)
     for cls in LESION_CLASSES:
         values = [cls.colour, cls.shape, cls.surface, cls.distribution, cls.lesion_type, cls.border, *cls.locations]
         lines += [f"{name}: {value}" for name in CAPTION_FIELDS for value in values] * 2

@@ -124,6 +124,31 @@ def ranked_diagnosis_reward(completions: list[str], targets: list[Target], spec:
     return score - spec.safety_penalty * danger - spec.unknown_penalty * unknown
 
 
+@dataclass(frozen=True)
+class RewardSpec:
+    """One entry of a stage's ``rewards:`` list: a registered reward and its weight."""
+
+    name: str
+    weight: float = 1.0
+
+
+def combined_reward(completions: list[str], targets: list[Target], specs: list[RewardSpec]) -> dict[str, torch.Tensor]:
+    r"""Each listed reward (key ``name``) and their weighted sum (key ``total``), all (N,).
+
+    >>> specs = [RewardSpec("format", 0.5), RewardSpec("ranked_diagnosis", 1.0)]
+    >>> from skinflow.data.formats import Target
+    >>> out = combined_reward(["<answer>\n1. psoriasis\n</answer>"], [Target("psoriasis", "inflammatory", "non-neoplastic")], specs)
+    >>> [round(float(out[k][0]), 2) for k in ("format", "ranked_diagnosis", "total")]
+    [1.0, 1.0, 1.5]
+    """
+    unknown = [spec.name for spec in specs if spec.name not in REWARDS]
+    if unknown:
+        raise ValueError(f"unknown rewards {unknown}; registered: {sorted(REWARDS)}")
+    out = {spec.name: REWARDS[spec.name](completions, targets) for spec in specs}
+    out["total"] = sum(spec.weight * out[spec.name] for spec in specs)
+    return out
+
+
 def reward_range(name: str, spec: DiagnosisRewardSpec = DiagnosisRewardSpec()) -> tuple[float, float]:
     """The documented (min, max) of a registered reward."""
     if name == "ranked_diagnosis":

@@ -54,6 +54,12 @@ class CheckpointMismatch(RuntimeError):
     pass
 
 
+def _describe(identity: dict | None) -> str:
+    if identity is None:
+        return "unknown"
+    return f"preset={identity['preset']!r} path={identity['pretrained_path']!r} config={identity['config_sha256'][:12]}"
+
+
 class SkinflowStage(LightningModule):
     """Base class: builds the backbone, evaluates by generation, trims checkpoints. Subclasses train."""
 
@@ -162,8 +168,9 @@ class SkinflowStage(LightningModule):
         theirs = checkpoint.get("backbone_identity")
         ours = backbone_identity(self.backbone_spec, self.model)
         if theirs is None or theirs["config_sha256"] != ours["config_sha256"]:
-            describe = lambda ident: "unknown" if ident is None else f"preset={ident['preset']!r} path={ident['pretrained_path']!r} config={ident['config_sha256'][:12]}"  # noqa: E731
-            raise CheckpointMismatch(f"checkpoint {source} was made on backbone {describe(theirs)}, but this stage's backbone is {describe(ours)}")
+            raise CheckpointMismatch(
+                f"checkpoint {source} was made on backbone {_describe(theirs)}, but this stage's backbone is {_describe(ours)}"
+            )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_identity(checkpoint, "being resumed")

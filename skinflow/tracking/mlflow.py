@@ -30,8 +30,19 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+def resolve_tracking_uri(tracking_uri: str) -> str:
+    """Make a relative ``sqlite:///mlruns/mlflow.db`` absolute (against the current directory).
+
+    MLflow caches one store per URI string; a relative URI would keep pointing at the first directory it was
+    opened from when a process changes directory (tests, notebooks), and runs would land in the wrong store.
+    """
+    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
+    return tracking_uri
+
+
 def sqlite_dir(tracking_uri: str) -> Path | None:
-    """The folder an ``sqlite:///relative/file.db`` store lives in (created before MLflow opens it)."""
+    """The folder an ``sqlite:///`` store lives in (created before MLflow opens it)."""
     if tracking_uri.startswith("sqlite:///"):
         return Path(tracking_uri[len("sqlite:///"):]).parent
     return None
@@ -49,6 +60,7 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         tags: dict | None = None,
         run_id: str | None = None,
     ):
+        tracking_uri = resolve_tracking_uri(tracking_uri)
         folder = sqlite_dir(tracking_uri)
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
