@@ -98,8 +98,9 @@ def graded_score(preds: torch.Tensor, target: torch.Tensor, credit: torch.Tensor
     return values.max(dim=1).values
 
 
+@lru_cache(maxsize=1)
 def malignant_mask() -> torch.Tensor:
-    """(114,) bool: labels in the malignant three-partition class."""
+    """(114,) bool: labels in the malignant three-partition class (built once; callers only read it)."""
     return torch.tensor([ONTOLOGY.is_malignant(label) for label in ONTOLOGY.labels])
 
 
