@@ -165,12 +165,11 @@ def build_processor(spec: BackboneSpec) -> VisionLanguageProcessor:
     """Tokenizer plus PIL image processor (from ``pretrained_path`` when it has one)."""
     tokenizer = load_tokenizer(spec)
     tokenizer.padding_side = "left"
-    image_processor = None
-    if spec.pretrained_path is not None and (Path(spec.pretrained_path) / "preprocessor_config.json").exists():
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(spec.pretrained_path)
-    elif spec.pretrained_path is not None and not Path(spec.pretrained_path).exists():
-        image_processor = Qwen2VLImageProcessorPil.from_pretrained(spec.pretrained_path)
-    return VisionLanguageProcessor(tokenizer, image_processor or Qwen2VLImageProcessorPil())
+    path = spec.pretrained_path
+    # a hub id, or a local folder that has an image-processor file; else the default Qwen2-VL settings
+    if path is not None and (not Path(path).exists() or (Path(path) / "preprocessor_config.json").exists()):
+        return VisionLanguageProcessor(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(path))
+    return VisionLanguageProcessor(tokenizer, Qwen2VLImageProcessorPil())
 
 
 def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device | None = None) -> torch.nn.Module:
