@@ -21,7 +21,7 @@ $(READY): pyproject.toml
 setup: $(READY)
 
 demo: $(READY)
-	$(BIN)/python -m skinflow fit --config configs/experiment/warmup_tiny_synthetic.yaml
+	$(BIN)/python -m skinflow pipeline --config configs/pipeline/demo.yaml
 
 test: $(READY)
 	$(BIN)/python -m pytest -q -rs

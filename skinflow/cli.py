@@ -4,6 +4,8 @@ The Lightning subcommands come from ``LightningCLI`` in subclass mode (any stage
 ``data``); MLflow is the default logger. Kit commands:
 
 - ``synth --out DIR --per-class N --seed S``: write synthetic lesions and their CSV.
+- ``pipeline --config configs/pipeline/demo.yaml``: warmup -> Stage I -> Stage II -> test as MLflow child runs
+  under one parent run (see ``skinflow.pipeline``).
 """
 
 from __future__ import annotations
@@ -56,7 +58,13 @@ def synth_command(argv: list[str]) -> None:
     print(generate(ns.out, ns.per_class, ns.seed, ns.size))
 
 
-KIT_COMMANDS = {"synth": synth_command}
+def pipeline_command(argv: list[str]) -> None:
+    from skinflow.pipeline import pipeline_command as run
+
+    run(argv)
+
+
+KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command}
 
 
 def main(argv: list[str] | None = None) -> None:

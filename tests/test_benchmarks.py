@@ -22,3 +22,24 @@ def test_dve_overhead_prints_parameters_and_a_ratio():
 def test_dve_gpu_runs_tiny_on_cpu():
     out = run("dve_gpu.py", "--tiny")
     assert "ratio DVE/plain" in out.strip().splitlines()[-1]
+
+
+def test_gpu_scale_runs_tiny_on_cpu():
+    out = run("gpu_scale.py", "--tiny")
+    lines = out.strip().splitlines()
+    phases = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("  ")}
+    assert set(phases) == {"rollout", "reference", "policy_forward", "backward", "optimizer"}
+    assert all(seconds > 0 for seconds in phases.values())
+    assert lines[-1].startswith("step total") and float(lines[-1].split()[2]) >= sum(phases.values()) * 0.9
+
+
+def test_grpo_vs_trl_refuses_clearly_without_trl_or_prints_a_ratio():
+    import importlib.util
+
+    if importlib.util.find_spec("trl") is None:
+        out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "grpo_vs_trl.py")], capture_output=True, text=True)
+        assert out.returncode != 0 and "pip install" in out.stderr
+        return
+    out = run("grpo_vs_trl.py", "--rounds", "1", "--steps", "2", "--data", str(REPO / ".cache/skinflow/bench-grpo-test"))
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("ratio skinflow/TRL") and float(last.split()[-1]) > 0

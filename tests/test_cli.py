@@ -10,7 +10,8 @@ import yaml
 from skinflow.cli import main
 from tests.conftest import REPO
 
-CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "pipeline")
+PIPELINES = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 COMPONENT = {"data": "--data", "model": "--model", "trainer": "--trainer"}
 
 
@@ -40,6 +41,22 @@ def test_every_config_parses_through_the_cli(path):
     config = print_config(args_for(path))
     assert config["model"]["class_path"].startswith("skinflow.stages.")
     assert config["data"]["class_path"].startswith("skinflow.data.")
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.name for p in PIPELINES])
+def test_every_pipeline_loads_and_its_stages_parse(path):
+    from skinflow.pipeline import load_pipeline
+
+    pipeline = load_pipeline(path)
+    assert [s.name for s in pipeline.stages] == ["warmup", "stage1", "stage2"]
+    stages = [print_config(["--config", str(s.config), *s.args]) for s in pipeline.stages]
+    assert [c["model"]["class_path"].rsplit(".", 1)[1] for c in stages] == ["WarmupStage", "GRPOStage", "GRPOStage"]
+    assert [c["model"]["init_args"]["stage"] for c in stages[1:]] == ["stage1", "stage2"]
+    assert stages[1]["data"]["init_args"]["prompt"] == "caption" and stages[2]["data"]["init_args"]["prompt"] == "diagnosis"
+    backbones = [c["model"]["init_args"]["backbone"] for c in stages]
+    assert all(b == backbones[0] for b in backbones)  # one backbone: every handoff passes the identity check
+    if "qwen" in path.name:
+        assert [c["model"]["init_args"]["lr"] for c in stages[1:]] == [1e-6, 5e-7]  # the paper's learning rates
 
 
 def test_7b_recipe_builds_on_meta_without_download():

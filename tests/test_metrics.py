@@ -1,3 +1,4 @@
+import math
 import pickle
 
 import numpy as np
@@ -160,3 +161,15 @@ def test_combined_reward_weights_and_rejects_unknown_names():
     assert out["total"].tolist() == pytest.approx([2.0 * 1.0 + 0.5 * 1.0, 2.0 * -0.5 + 0.5 * 0.0])
     with pytest.raises(ValueError, match="unknown rewards"):
         combined_reward(texts, refs, [RewardSpec("vibes")])
+
+
+def test_reward_options_reach_the_reward_function():
+    from skinflow.rl.rewards import RewardSpec, combined_reward
+
+    texts = ["<answer>\n1. nevocytic nevus\n2. melanoma\n3. not a disease\n</answer>"]
+    refs = [target("melanoma")]
+    default = combined_reward(texts, refs, [RewardSpec("ranked_diagnosis")])["total"].item()
+    lenient = combined_reward(texts, refs, [RewardSpec("ranked_diagnosis", options={"safety_penalty": 0.0})])["total"].item()
+    # melanoma at rank 2 (credit 1 x 1/log2(3)); dangerous miss at rank 1; one of three entries unknown
+    assert lenient == pytest.approx(1 / math.log2(3) - 0.25 / 3, rel=1e-5)
+    assert default == pytest.approx(lenient - 0.5, rel=1e-5)

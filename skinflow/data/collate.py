@@ -9,9 +9,15 @@ A batch holds, for B images:
   format (tags, field names, numbering), for content-weighted losses;
 - ``prompt_ids`` / ``prompt_mask`` (B, Lp): the prompt alone, left-padded, for generation;
 - ``targets``: the ``Target`` records.
+
+``prompt: mixed`` (supervised warmup only) draws the prompt per item from ``warmup``, ``caption`` (items with a
+caption) and ``diagnosis``, with the matching target text, so the warmed-up model already follows the prompts the
+RL stages use. The draw comes from the collator's own seeded generator: the same sequence every run.
 """
 
 from __future__ import annotations
+
+import random
 
 import torch
 
@@ -19,6 +25,7 @@ from skinflow.data.formats import PROMPTS, SYSTEM_PROMPT, Target, content_spans,
 from skinflow.models.processor import VisionLanguageProcessor
 
 IGNORE_INDEX = -100
+MIXED = "mixed"
 
 
 def left_pad(sequences: list[list[int]], pad: int, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,10 +41,19 @@ def left_pad(sequences: list[list[int]], pad: int, fill: int | None = None) -> t
 
 
 class VisionLanguageCollator:
-    def __init__(self, processor: VisionLanguageProcessor, prompt: str = "warmup", with_caption: bool = True):
+    def __init__(self, processor: VisionLanguageProcessor, prompt: str = "warmup", with_caption: bool = True, seed: int = 0):
+        if prompt != MIXED and prompt not in PROMPTS:
+            raise ValueError(f"prompt={prompt!r} is not one of {[*PROMPTS, MIXED]}")
         self.processor = processor
-        self.prompt_text = processor.chat_prompt(PROMPTS[prompt], SYSTEM_PROMPT)
+        self.prompt = prompt
+        self.prompt_texts = {name: processor.chat_prompt(text, SYSTEM_PROMPT) for name, text in PROMPTS.items()}
         self.with_caption = with_caption
+        self.rng = random.Random(seed)
+
+    def task(self, target: Target) -> str:
+        if self.prompt != MIXED:
+            return self.prompt
+        return self.rng.choice(["warmup", "diagnosis", *(["caption"] if self.with_caption and target.caption else [])])
 
     def __call__(self, items: list[dict]) -> dict:
         tok = self.processor.tokenizer
@@ -45,8 +61,9 @@ class VisionLanguageCollator:
         targets: list[Target] = [item["target"] for item in items]
         prompts, fulls, labels, contents = [], [], [], []
         for grid, target in zip(vision["image_grid_thw"], targets):
-            prompt = tok(self.processor.expand_image_tokens(self.prompt_text, grid), add_special_tokens=False)["input_ids"]
-            text = render_target(target, self.with_caption)
+            task = self.task(target)
+            prompt = tok(self.processor.expand_image_tokens(self.prompt_texts[task], grid), add_special_tokens=False)["input_ids"]
+            text = render_target(target, self.with_caption, task)
             encoded = tok(text + tok.eos_token, add_special_tokens=False, return_offsets_mapping=True)
             answer = encoded["input_ids"]
             spans = content_spans(text)

@@ -24,8 +24,9 @@ from lightning.pytorch import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from skinflow.data.collate import VisionLanguageCollator
-from skinflow.data.formats import CAPTION_COLUMNS, PROMPTS, Target
+from skinflow.data.captions import read_captions
+from skinflow.data.collate import MIXED, VisionLanguageCollator
+from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, PROMPTS, Target
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.data.splits import PRESETS, assign_splits
 from skinflow.data.synthetic import RENDER_VERSION, generate
@@ -61,15 +62,18 @@ class RecordDataset(Dataset):
     """One split: records (a ``datasets.Dataset``) + image folder + transform -> dicts for the collator."""
 
     def __init__(self, records, image_dir: Path, transform, differentials: dict[str, tuple[str, ...]],
-                 fitzpatrick_column: str, with_caption: bool):
+                 fitzpatrick_column: str, with_caption: bool, captions: dict[str, dict[str, str]] | None = None):
         self.records, self.image_dir, self.transform = records, image_dir, transform
         self.differentials, self.fst_column, self.with_caption = differentials, fitzpatrick_column, with_caption
+        self.captions = captions or {}
 
     def __len__(self) -> int:
         return len(self.records)
 
     def target(self, row: dict) -> Target:
-        caption = {name: row[col] for name, col in CAPTION_COLUMNS.items() if row.get(col)} if self.with_caption else {}
+        caption = {}
+        if self.with_caption:  # the captions file wins over caption columns of the CSV
+            caption = self.captions.get(row["md5hash"]) or {name: row[col] for name, col in CAPTION_COLUMNS.items() if row.get(col)}
         return Target(
             label=row["label"], nine=ONTOLOGY.nine(row["label"]), three=ONTOLOGY.three(row["label"]),
             fitzpatrick=int(row[self.fst_column]), md5hash=row["md5hash"], caption=caption or None,
@@ -105,8 +109,13 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         image_size: side of the square model input, a multiple of 28 (patch 14 x merge 2).
         augment: albumentations training augmentation on/off.
         colour_strength: bound of the brightness/contrast jitter (see ``skinflow.data.transforms``).
-        prompt: ``warmup`` | ``caption`` | ``diagnosis`` (see ``skinflow.data.formats.PROMPTS``).
+        prompt: ``warmup`` | ``caption`` | ``diagnosis`` (see ``skinflow.data.formats.PROMPTS``), or ``mixed``: a
+            prompt drawn per training item, with its matching target (evaluation uses ``warmup``).
         with_caption: put caption fields (where the data has them) into the targets.
+        captions_path: CSV or JSONL of reference captions keyed by ``md5hash`` (see ``skinflow.data.captions``);
+            its captions replace caption columns of the label CSV.
+        require_caption: leave out records without a caption (Stage I); the count per split is logged and
+            written to the data report.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (default: ``batch_size``).
         num_workers: DataLoader workers.
@@ -135,6 +144,8 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         colour_strength: float = 0.1,
         prompt: str = "warmup",
         with_caption: bool = True,
+        captions_path: str | None = None,
+        require_caption: bool = False,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -146,8 +157,8 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             raise ValueError(f"split={split!r} is not one of {PRESETS}")
         if image_size % 28:
             raise ValueError(f"image_size={image_size} must be a multiple of 28 (patch 14 x spatial merge 2)")
-        if prompt not in PROMPTS:
-            raise ValueError(f"prompt={prompt!r} is not one of {tuple(PROMPTS)}")
+        if prompt not in PROMPTS and prompt != MIXED:
+            raise ValueError(f"prompt={prompt!r} is not one of {(*PROMPTS, MIXED)}")
         self.save_hyperparameters(logger=False)
         self.processor = None
         self.report: dict = {}
@@ -286,16 +297,42 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             "train": train_transform(size, self.hparams.colour_strength, self.hparams.split_seed) if self.hparams.augment else eval_transform(size),
             "val": eval_transform(size), "test": eval_transform(size),
         }
+        captions = self._captions(df["md5hash"])
+        has_caption = self._has_caption(records, captions)
+        self.report["without_caption_dropped"] = {}
         for name in ("train", "val", "test"):
-            idx = np.flatnonzero((assigned == name).to_numpy())
+            in_split = (assigned == name).to_numpy().copy()
+            if self.hparams.require_caption:
+                self.report["without_caption_dropped"][name] = int((in_split & ~has_caption).sum())
+                in_split &= has_caption
             self.splits[name] = RecordDataset(
-                records.select(idx), self.image_folder, transforms[name], differentials,
-                self.hparams.fitzpatrick_column, self.hparams.with_caption,
+                records.select(np.flatnonzero(in_split)), self.image_folder, transforms[name], differentials,
+                self.hparams.fitzpatrick_column, self.hparams.with_caption, captions,
             )
+        if any(self.report["without_caption_dropped"].values()):
+            log.warning("require_caption: left out records without a caption: %s", self.report["without_caption_dropped"])
         self.report["splits"] = {name: len(ds) for name, ds in self.splits.items()}
         self.report["dropped_by_split_or_filter"] = int((assigned == "drop").sum())
         self.report["labels"] = candidates
         log.info("data: %s", {k: self.report[k] for k in ("rows", "kept", "splits")})
+
+    def _captions(self, md5hashes: pd.Series) -> dict[str, dict[str, str]]:
+        if not self.hparams.captions_path:
+            return {}
+        captions = read_captions(self.hparams.captions_path)
+        matched = int(md5hashes.isin(list(captions)).sum())
+        self.report["captions"] = {"file": str(self.hparams.captions_path), "entries": len(captions), "matched": matched,
+                                   "unmatched_entries": len(captions) - matched,
+                                   "free_text": sum(FREE_TEXT in c for c in captions.values())}
+        if len(captions) > matched:
+            log.warning("%s: %d of %d captions name no record of this data", self.hparams.captions_path, len(captions) - matched, len(captions))
+        return captions
+
+    @staticmethod
+    def _has_caption(records, captions: dict) -> np.ndarray:
+        columns = records.select_columns(["md5hash", *CAPTION_COLUMNS.values()]).to_pandas()
+        in_csv = (columns[list(CAPTION_COLUMNS.values())].astype(str).apply(lambda c: c.str.strip() != "")).any(axis=1)
+        return (in_csv | columns["md5hash"].isin(list(captions))).to_numpy()
 
     def _label_filter(self, df: pd.DataFrame) -> pd.Series:
         keep = pd.Series(True, index=df.index)
@@ -310,19 +347,22 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         return keep
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def collator(self) -> VisionLanguageCollator:
+    def collator(self, split: str = "train") -> VisionLanguageCollator:
         processor = self.processor
         if processor is None and self.trainer is not None:
             processor = getattr(self.trainer.lightning_module, "processor", None)
         if processor is None:
             raise RuntimeError("Fitzpatrick17kDataModule needs a processor: set dm.processor or attach it to a Trainer with a skinflow stage")
-        return VisionLanguageCollator(processor, self.hparams.prompt)
+        prompt = self.hparams.prompt
+        if prompt == MIXED and split != "train":
+            prompt = "warmup"  # evaluation asks for caption and answer
+        return VisionLanguageCollator(processor, prompt, self.hparams.with_caption, seed=self.hparams.split_seed)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         batch = self.hparams.batch_size if name == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
         return DataLoader(
             self.splits[name], batch_size=batch, shuffle=shuffle, num_workers=self.hparams.num_workers,
-            collate_fn=self.collator(), drop_last=False, persistent_workers=self.hparams.num_workers > 0,
+            collate_fn=self.collator(name), drop_last=False, persistent_workers=self.hparams.num_workers > 0,
             generator=torch.Generator().manual_seed(self.hparams.split_seed) if shuffle else None,
         )
 

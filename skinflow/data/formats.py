@@ -67,9 +67,15 @@ class Target:
     differential: tuple[str, ...] = field(default_factory=tuple)
 
 
+FREE_TEXT = "text"  # key of an unstructured reference caption (a captions file's free text)
+
+
 def render_caption(fields: dict[str, str]) -> str:
-    """The caption block for the fields present in ``fields`` (schema order, unknown keys ignored)."""
+    """The caption block for the fields present in ``fields`` (schema order, unknown keys ignored); a caption
+    with only free text (key ``text``) renders that text."""
     lines = [f"{name}: {fields[name]}" for name in CAPTION_FIELDS if fields.get(name)]
+    if not lines and fields.get(FREE_TEXT):
+        lines = [fields[FREE_TEXT]]
     return "<caption>\n" + "\n".join(lines) + "\n</caption>"
 
 
@@ -79,11 +85,17 @@ def render_answer(labels: list[str] | tuple[str, ...]) -> str:
     return "<answer>\n" + "\n".join(lines) + "\n</answer>"
 
 
-def render_target(target: Target, with_caption: bool = True) -> str:
-    """The warmup's teacher-forced text: caption block (if any) then answer block."""
+def render_target(target: Target, with_caption: bool = True, task: str = "warmup") -> str:
+    """The teacher-forced text for a prompt (``task``): ``warmup``: caption block (if any) then answer block;
+    ``caption``: the caption block alone; ``diagnosis``: the answer block alone."""
     answer = render_answer((target.label, *[d for d in target.differential if d != target.label]))
-    if with_caption and target.caption:
-        return render_caption(target.caption) + "\n" + answer
+    caption = render_caption(target.caption) if with_caption and target.caption else None
+    if task == "caption":
+        if caption is None:
+            raise ValueError(f"record {target.md5hash or target.label!r} has no caption to teach under the caption prompt")
+        return caption
+    if task == "warmup" and caption is not None:
+        return caption + "\n" + answer
     return answer
 
 

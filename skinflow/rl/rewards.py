@@ -7,13 +7,16 @@ while failing the metric. Formulas and ranges:
   entries, (c) the share of entries that name a known condition.
 - ``caption_fields`` in [0, 1]: the mean, over the fields the reference caption has, of the agreement of the
   predicted field: exact match (after normalisation) where the reference value belongs to the field's
-  controlled vocabulary, token-set F1 otherwise; a missing field scores 0. References without a caption score 0.
+  controlled vocabulary, token-set F1 otherwise; a missing field scores 0. A free-text reference (a captions
+  file's unstructured ``text``) scores the token-set F1 of all predicted field values against it. References
+  without a caption score 0.
 - ``ranked_diagnosis`` in [-(safety_penalty + unknown_penalty), 1]: the graded score at k = 6 (the best
   credit over ranks times the rank discount 1/log2(r+1)), minus ``safety_penalty`` for a dangerous miss
   (malignant reference, non-malignant or empty first answer), minus ``unknown_penalty`` times the share of
   entries outside the ontology.
 
-YAML lists them as ``rewards: [{name: ranked_diagnosis, weight: 1.0}, {name: format, weight: 0.2}]``.
+YAML lists them as ``rewards: [{name: ranked_diagnosis, weight: 1.0, options: {safety_penalty: 0.5}}, {name: format,
+weight: 0.2}]`` (``options`` are keyword arguments of the reward function).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from skinflow.data.formats import CAPTION_FIELDS, MAX_RANKS, Target, parse_answer, parse_caption
+from skinflow.data.formats import CAPTION_FIELDS, FREE_TEXT, MAX_RANKS, Target, parse_answer, parse_caption
 from skinflow.data.ontology import ONTOLOGY, normalize_text
 from skinflow.data.synthetic import LESION_CLASSES, SIZE_RADIUS
 from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, malignant_miss, ranked_indices
@@ -97,10 +100,14 @@ def caption_fields_reward(completions: list[str], targets: list[Target]) -> torc
     out = []
     for text, target in zip(completions, targets):
         reference = {k: v for k, v in (target.caption or {}).items() if k in CAPTION_FIELDS and v}
+        fields, _ = parse_caption(text)
+        free_text = (target.caption or {}).get(FREE_TEXT)
+        if not reference and free_text:
+            out.append(token_f1(" ".join(fields.values()), free_text))
+            continue
         if not reference:
             out.append(0.0)
             continue
-        fields, _ = parse_caption(text)
         out.append(sum(field_agreement(k, fields.get(k), v) for k, v in reference.items()) / len(reference))
     return torch.tensor(out)
 
@@ -113,8 +120,14 @@ class DiagnosisRewardSpec:
 
 
 @register("ranked_diagnosis")
-def ranked_diagnosis_reward(completions: list[str], targets: list[Target], spec: DiagnosisRewardSpec = DiagnosisRewardSpec()) -> torch.Tensor:
-    """Graded, rank-discounted credit minus safety and out-of-ontology penalties (see the module docstring)."""
+def ranked_diagnosis_reward(completions: list[str], targets: list[Target], spec: DiagnosisRewardSpec = DiagnosisRewardSpec(),
+                            **options: float) -> torch.Tensor:
+    """Graded, rank-discounted credit minus safety and out-of-ontology penalties (see the module docstring).
+
+    ``options`` (``safety_penalty``, ``unknown_penalty``) override ``spec``: a YAML reward entry's ``options``.
+    """
+    if options:
+        spec = DiagnosisRewardSpec(spec.grading, **{**{"safety_penalty": spec.safety_penalty, "unknown_penalty": spec.unknown_penalty}, **options})
     parsed = [parse_answer(text) for text in completions]
     preds = ranked_indices(parsed)
     target = torch.tensor([ONTOLOGY.index(t.label) for t in targets])
@@ -126,10 +139,12 @@ def ranked_diagnosis_reward(completions: list[str], targets: list[Target], spec:
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """One entry of a stage's ``rewards:`` list: a registered reward and its weight."""
+    """One entry of a stage's ``rewards:`` list: a registered reward, its weight, and keyword options of the
+    reward function (e.g. ``{safety_penalty: 0.25}`` for ``ranked_diagnosis``)."""
 
     name: str
     weight: float = 1.0
+    options: dict[str, float] = field(default_factory=dict)
 
 
 def combined_reward(completions: list[str], targets: list[Target], specs: list[RewardSpec]) -> dict[str, torch.Tensor]:
@@ -144,7 +159,7 @@ def combined_reward(completions: list[str], targets: list[Target], specs: list[R
     unknown = [spec.name for spec in specs if spec.name not in REWARDS]
     if unknown:
         raise ValueError(f"unknown rewards {unknown}; registered: {sorted(REWARDS)}")
-    out = {spec.name: REWARDS[spec.name](completions, targets) for spec in specs}
+    out = {spec.name: REWARDS[spec.name](completions, targets, **spec.options) for spec in specs}
     out["total"] = sum(spec.weight * out[spec.name] for spec in specs)
     return out
 

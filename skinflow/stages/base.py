@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
+from torchmetrics import MeanMetric, Metric
 
 from skinflow.data.formats import ParsedAnswer, Target, parse_answer
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
 from skinflow.metrics.grading import GradingSpec, ranked_indices
 from skinflow.models.backbone import BackboneSpec, backbone_identity, build_backbone, count_parameters
+from skinflow.rl.rewards import REWARDS
 
 SAMPLE_TABLE_ROWS = 16
 
@@ -74,30 +76,44 @@ class SkinflowStage(LightningModule):
         grading = grading or GradingSpec()
         self.metrics = nn.ModuleDict({split: clinical_metrics(grading) for split in ("val", "test")})
         self.parse_failure = nn.ModuleDict({split: ParseFailureRate() for split in ("val", "test")})
+        # every registered reward, scored on the greedy completions: comparable across stages and prompts
+        self.reward_means = nn.ModuleDict({
+            split: nn.ModuleDict({name: MeanMetric() for name in REWARDS}) for split in ("val", "test")
+        })
+        self.metric_prefix = ""  # "start/" while the pipeline evaluates a stage's starting checkpoint
         self._samples: list[dict] = []
         self.strict_loading = False  # checkpoints carry trainable weights only
         if init_from:
             self.load_trainable(init_from)
 
     # -- generation and evaluation ---------------------------------------------------------------------------
-    def vision_inputs(self, batch: dict) -> dict:
-        return {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
+    def model_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                     image_grid_thw: torch.Tensor) -> dict:
+        """Keyword arguments of the backbone's forward / generate. ``mm_token_type_ids`` marks image tokens, so
+        the model builds Qwen2.5-VL's 3-D (t, h, w) rotary positions from the grid, the same in training and
+        generation; without it the forward falls back to 1-D positions that ignore left padding."""
+        return {
+            "input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+            "image_grid_thw": image_grid_thw, "mm_token_type_ids": (input_ids == self.processor.image_token_id).int(),
+        }
+
+    def generation_kwargs(self) -> dict:
+        tok = self.processor.tokenizer
+        return {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
 
     @torch.no_grad()
-    def generate_text(self, batch: dict, **sampling) -> list[str]:
-        """Greedy (or sampled, with ``do_sample=True``) completions for the batch's prompts."""
-        tok = self.processor.tokenizer
-        out = self.model.generate(
-            input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], **self.vision_inputs(batch),
-            max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id, **sampling,
-        )
+    def generate_text(self, batch: dict) -> list[str]:
+        """Greedy completions for the batch's prompts."""
+        inputs = self.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
+        out = self.model.generate(**inputs, do_sample=False, **self.generation_kwargs())
         return self.processor.decode(out[:, batch["prompt_ids"].shape[1]:])
 
     def evaluate_batch(self, batch: dict, split: str) -> None:
         completions = self.generate_text(batch)
         answers = [parse_answer(text) for text in completions]
         self.update_metrics(split, answers, batch["targets"])
+        for name, metric in self.reward_means[split].items():
+            metric.update(REWARDS[name](completions, batch["targets"]).to(self.device))
         if len(self._samples) < SAMPLE_TABLE_ROWS:
             for text, answer, target in zip(completions, answers, batch["targets"]):
                 self._samples.append({
@@ -114,24 +130,28 @@ class SkinflowStage(LightningModule):
             metric.update(preds, target, fitzpatrick) if isinstance(metric, BySkinType) else metric.update(preds, target)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val/loss", self.teacher_forced_loss(batch), batch_size=len(batch["targets"]), sync_dist=True)
+        self.log(f"{self.metric_prefix}val/loss", self.teacher_forced_loss(batch), batch_size=len(batch["targets"]), sync_dist=True)
         self.evaluate_batch(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluate_batch(batch, "test")
 
     def _log_split(self, split: str) -> None:
+        key = f"{self.metric_prefix}{split}"
         for name, metric in self.metrics[split].items():
             value = metric.compute()
             if isinstance(value, dict):  # stratified: {split}/{name}/fst_1 ... /worst, /gap
-                for key, v in value.items():
+                for part, v in value.items():
                     if not torch.isnan(v):
-                        self.log(f"{split}/{name}/{key}", v)
+                        self.log(f"{key}/{name}/{part}", v)
             elif not torch.isnan(value):
-                self.log(f"{split}/{name}", value)
+                self.log(f"{key}/{name}", value)
             metric.reset()
-        self.log(f"{split}/parse_failure", self.parse_failure[split].compute())
+        self.log(f"{key}/parse_failure", self.parse_failure[split].compute())
         self.parse_failure[split].reset()
+        for name, metric in self.reward_means[split].items():
+            self.log(f"{key}/reward/{name}", metric.compute())
+            metric.reset()
         self.log_samples(split)
 
     def on_validation_epoch_end(self) -> None:
@@ -147,11 +167,12 @@ class SkinflowStage(LightningModule):
         if not samples or logger is None or not hasattr(logger, "run_id") or self.trainer.sanity_checking:
             return
         table = {key: [row[key] for row in samples] for key in samples[0]}
-        logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"samples/{split}_epoch{self.current_epoch:03d}.json")
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"samples/{self.metric_prefix}{split}_epoch{self.current_epoch:03d}.json")
 
     def teacher_forced_loss(self, batch: dict, content_weight: float = 1.0) -> torch.Tensor:
         """Cross-entropy of the target tokens, content tokens weighted by ``content_weight`` (1: plain mean)."""
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **self.vision_inputs(batch)).logits
+        inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+        logits = self.model(**inputs).logits
         return weighted_token_loss(logits, batch["labels"], batch["content_mask"], content_weight)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
@@ -185,6 +206,10 @@ class SkinflowStage(LightningModule):
         self.load_state_dict(checkpoint["state_dict"], strict=False)
 
     def on_fit_start(self) -> None:
+        # metric states reset during an earlier validate/test live as inference tensors; renew them
+        for module in self.modules():
+            if isinstance(module, Metric):
+                module.reset()
         if self.logger is not None:
             self.logger.log_hyperparams({
                 "params/total": count_parameters(self.model), "params/trainable": count_parameters(self.model, True),

@@ -48,6 +48,28 @@ def sqlite_dir(tracking_uri: str) -> Path | None:
     return None
 
 
+def store_locations(tracking_uri: str, artifact_location: str) -> tuple[str, str]:
+    """Absolute tracking URI and artifact URI; creates the sqlite store's folder."""
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    folder = sqlite_dir(tracking_uri)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    if "://" not in artifact_location:
+        artifact_location = Path(artifact_location).resolve().as_uri()
+    return tracking_uri, artifact_location
+
+
+def open_experiment(experiment_name: str, tracking_uri: str = DEFAULT_TRACKING_URI, artifact_location: str = DEFAULT_ARTIFACTS):
+    """``(client, experiment_id, tracking_uri)`` for the kit's store, creating the experiment if needed."""
+    from mlflow import MlflowClient
+
+    tracking_uri, artifact_location = store_locations(tracking_uri, artifact_location)
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name, artifact_location)
+    return client, experiment_id, tracking_uri
+
+
 class SkinflowMLFlowLogger(MLFlowLogger):
     """``MLFlowLogger`` with the kit's store defaults; creates ``./mlruns`` on first use."""
 
@@ -60,12 +82,7 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         tags: dict | None = None,
         run_id: str | None = None,
     ):
-        tracking_uri = resolve_tracking_uri(tracking_uri)
-        folder = sqlite_dir(tracking_uri)
-        if folder is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-        if "://" not in artifact_location:
-            artifact_location = Path(artifact_location).resolve().as_uri()
+        tracking_uri, artifact_location = store_locations(tracking_uri, artifact_location)
         super().__init__(
             experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri, tags=tags,
             artifact_location=artifact_location, run_id=run_id, save_dir=None,

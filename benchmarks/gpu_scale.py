@@ -1,0 +1,100 @@
+"""One Stage II GRPO step of a Qwen2.5-VL-7B-shaped backbone with LoRA and the DVE, in bf16: memory and time split.
+
+    python benchmarks/gpu_scale.py                 # one GPU, a few minutes: B=4 images, G=8, 128 new tokens
+    python benchmarks/gpu_scale.py --tiny          # the tiny backbone on CPU (tests run this)
+
+Random-init weights (nothing downloaded), the kit's tiny tokenizer (its ids are aligned into the 7B config).
+Random weights rarely emit end-of-sequence, so every completion runs the full 128 tokens: the worst case.
+The step runs through a Lightning ``Trainer`` exactly as in training (``GRPOStage.training_step``: rollout,
+rewards, reference log-probs with adapters off, policy forward, backward, optimizer). Prints the time of each
+phase (``GRPOStage.timings``) of the measured step after ``--warmup`` unmeasured steps, and peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import lightning as L  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from skinflow.data.collate import VisionLanguageCollator  # noqa: E402
+from skinflow.data.formats import Target  # noqa: E402
+from skinflow.data.ontology import ONTOLOGY  # noqa: E402
+from skinflow.models.backbone import BackboneSpec, LoRASpec, count_parameters  # noqa: E402
+from skinflow.models.dve import DVESpec  # noqa: E402
+from skinflow.rl.rewards import RewardSpec  # noqa: E402
+from skinflow.stages.grpo import GRPOStage  # noqa: E402
+
+
+class PhaseRecorder(L.Callback):
+    def __init__(self):
+        self.steps: list[dict[str, float]] = []
+        self.start = 0.0
+
+    def on_train_batch_start(self, trainer, module, *args):
+        if module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, *args):
+        if module.device.type == "cuda":
+            torch.cuda.synchronize()
+        record = dict(module.timings, total=time.perf_counter() - self.start)
+        if module.device.type == "cuda":
+            record["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.steps.append(record)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny backbone on CPU (smoke run)")
+    parser.add_argument("--images", type=int, default=4, help="B")
+    parser.add_argument("--group", type=int, default=8, help="G")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--side", type=int, default=448, help="image side in pixels (multiple of 28)")
+    parser.add_argument("--micro-batch", type=int, default=8, help="sequences per forward/backward")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
+    ns = parser.parse_args()
+    if ns.tiny:
+        ns.images, ns.group, ns.new_tokens, ns.side, ns.micro_batch = 2, 4, 16, 112, 4
+        spec = BackboneSpec(lora=LoRASpec(r=4), dve=DVESpec(enabled=True, num_groups=8))
+    else:
+        spec = BackboneSpec(preset="qwen2.5-vl-7b", random_init=True, dtype="bfloat16", gradient_checkpointing=True,
+                            lora=LoRASpec(r=16, alpha=32), dve=DVESpec(enabled=True))
+    device = "gpu" if torch.cuda.is_available() and not ns.tiny else "cpu"
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    stage = GRPOStage(spec, rewards=[RewardSpec("ranked_diagnosis"), RewardSpec("format", 0.1)], stage="stage2",
+                      group_size=ns.group, max_new_tokens=ns.new_tokens, micro_batch_size=ns.micro_batch,
+                      beta=0.04, lr=5e-7, drop_tied_groups=False, table_every=0)
+    print(f"built backbone in {time.perf_counter() - t0:.0f} s: {count_parameters(stage.model) / 1e9:.2f} B parameters, "
+          f"{count_parameters(stage.model, True) / 1e6:.1f} M trainable (LoRA + DVE heads)")
+    rng = np.random.default_rng(0)
+    labels = ONTOLOGY.labels[:ns.images]
+    items = [{"image": rng.integers(0, 256, (ns.side, ns.side, 3), dtype=np.uint8),
+              "target": Target(label, ONTOLOGY.nine(label), ONTOLOGY.three(label))} for label in labels]
+    loader = DataLoader(items * (ns.warmup + 1), batch_size=ns.images, collate_fn=VisionLanguageCollator(stage.processor, "diagnosis"))
+    recorder = PhaseRecorder()
+    trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-true" if device == "gpu" else "32-true",
+                        max_steps=ns.warmup + 1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[recorder])
+    trainer.fit(stage, train_dataloaders=loader)
+    step = recorder.steps[-1]
+    print(f"device: {torch.cuda.get_device_name() if device == 'gpu' else 'cpu'}; B={ns.images} G={ns.group} "
+          f"new_tokens={ns.new_tokens} side={ns.side} micro_batch={ns.micro_batch}")
+    for phase in ("rollout", "reference", "policy_forward", "backward", "optimizer"):
+        print(f"  {phase:15s} {step.get(phase, 0.0):8.2f} s")
+    if "peak_gib" in step:
+        print(f"peak GPU memory {step['peak_gib']:.1f} GiB")
+    print(f"step total {step['total']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

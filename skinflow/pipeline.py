@@ -1,0 +1,218 @@
+"""``python -m skinflow pipeline --config configs/pipeline/demo.yaml``: warmup -> Stage I -> Stage II -> test.
+
+A pipeline file lists stages in order; each names an experiment config (the same file ``fit --config`` takes,
+path relative to the pipeline file) and may add CLI arguments::
+
+    experiment_name: skinflow-pipeline
+    stages:
+      - name: warmup
+        config: ../experiment/warmup_tiny_synthetic.yaml
+      - name: stage1
+        config: ../experiment/stage1_tiny_synthetic.yaml
+        evaluate_start: true     # validate (and test, if the stage tests) the starting checkpoint first: start/val/...
+        skip: false              # true: leave the stage out (the "no Stage I" ablation)
+        args: ["--trainer.max_steps=40"]
+
+Every stage runs as a child MLflow run under one parent run. A stage starts from the checkpoint of the last stage
+that ran (``init_from``); the handed-over checkpoint holds only trainable weights and the backbone identity.
+After each stage its final weights are tested (``test: false`` turns it off), and a table of test metrics per
+stage is printed at the end and logged to the parent run (``summary.json`` table and ``<stage>/<metric>`` metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = (
+    "test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6", "test/malignant_miss_top1",
+    "test/parse_failure", "test/reward/caption_fields", "test/reward/ranked_diagnosis",
+)
+STAGE_KEYS = {"name", "config", "args", "skip", "evaluate_start", "test"}
+PIPELINE_KEYS = {"experiment_name", "run_name", "tracking_uri", "artifact_location", "checkpoint_dir", "stages"}
+
+
+class PipelineError(ValueError):
+    pass
+
+
+@dataclass
+class StageEntry:
+    name: str
+    config: Path
+    args: list[str] = field(default_factory=list)
+    skip: bool = False
+    evaluate_start: bool = False
+    test: bool = True
+
+
+@dataclass
+class Pipeline:
+    stages: list[StageEntry]
+    experiment_name: str = "skinflow-pipeline"
+    run_name: str | None = None
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_location: str = "mlruns/artifacts"
+    checkpoint_dir: str = "mlruns/checkpoints"
+    source: Path | None = None
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    """Read and check a pipeline file; errors name the file and the offending key or stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"pipeline file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - PIPELINE_KEYS
+    if unknown:
+        raise PipelineError(f"{path}: unknown keys {sorted(unknown)}; allowed: {sorted(PIPELINE_KEYS)}")
+    if not raw.get("stages"):
+        raise PipelineError(f"{path}: 'stages' must list at least one stage")
+    stages, names = [], set()
+    for i, entry in enumerate(raw["stages"]):
+        where = f"{path} stages[{i}]"
+        if not isinstance(entry, dict) or "name" not in entry or "config" not in entry:
+            raise PipelineError(f"{where}: each stage needs 'name' and 'config'")
+        bad = set(entry) - STAGE_KEYS
+        if bad:
+            raise PipelineError(f"{where} ({entry['name']}): unknown keys {sorted(bad)}; allowed: {sorted(STAGE_KEYS)}")
+        if entry["name"] in names:
+            raise PipelineError(f"{where}: stage name {entry['name']!r} is used twice")
+        names.add(entry["name"])
+        config = (path.parent / entry["config"]).resolve()
+        if not config.is_file():
+            raise PipelineError(f"{where} ({entry['name']}): config {config} not found")
+        stages.append(StageEntry(entry["name"], config, [str(a) for a in entry.get("args", [])], bool(entry.get("skip", False)),
+                                 bool(entry.get("evaluate_start", False)), bool(entry.get("test", True))))
+    options = {k: raw[k] for k in PIPELINE_KEYS - {"stages"} if k in raw}
+    return Pipeline(stages=stages, source=path, **options)
+
+
+def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = SUMMARY_METRICS) -> str:
+    """Fixed-width text table: one row per stage, one column per metric (``-`` where absent).
+
+    >>> print(format_table({"warmup": {"test/top1_exact": 0.5}}, ("test/top1_exact", "test/graded_top1")))
+    stage   top1_exact  graded_top1
+    warmup      0.5000            -
+    """
+    names = [c.removeprefix("test/") for c in columns]
+    width = max([len("stage"), *map(len, rows)])
+    lines = ["  ".join([f"{'stage':<{width}}", *names])]
+    for stage, metrics in rows.items():
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns]
+        lines.append("  ".join([f"{stage:<{width}}", *(f"{cell:>{len(n)}}" for cell, n in zip(cells, names))]))
+    return "\n".join(lines)
+
+
+@contextmanager
+def bare_argv():
+    """LightningCLI warns when ``sys.argv`` carries arguments besides the ones it is given."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dict[str, list[str]] | None = None) -> dict:
+    """Run the stages; returns ``{"parent_run_id", "children": {stage: run_id}, "checkpoints", "table"}``."""
+    from skinflow.cli import lightning_cli
+    from skinflow.tracking.mlflow import git_commit, open_experiment
+
+    extra_args = extra_args or {}
+    unknown = (set(skip) | set(extra_args)) - {s.name for s in pipeline.stages}
+    if unknown:
+        raise PipelineError(f"no stage named {sorted(unknown)} in {pipeline.source}; stages: {[s.name for s in pipeline.stages]}")
+    client, experiment_id, tracking_uri = open_experiment(pipeline.experiment_name, pipeline.tracking_uri, pipeline.artifact_location)
+    parent = client.create_run(experiment_id, run_name=pipeline.run_name, tags={
+        "skinflow.stage": "pipeline", "mlflow.source.git.commit": git_commit(),
+        "skinflow.pipeline": str(pipeline.source),
+    })
+    parent_id = parent.info.run_id
+    if pipeline.source is not None:
+        client.log_text(parent_id, pipeline.source.read_text(), "pipeline.yaml")
+    checkpoints_dir = Path(pipeline.checkpoint_dir) / parent_id
+    result = {"parent_run_id": parent_id, "children": {}, "checkpoints": {}, "table": {}}
+    previous: Path | None = None
+    try:
+        for stage in pipeline.stages:
+            if stage.skip or stage.name in skip:
+                client.set_tag(parent_id, f"skipped.{stage.name}", "true")
+                print(f"[pipeline] {stage.name}: skipped")
+                continue
+            child = client.create_run(experiment_id, run_name=stage.name, tags={"mlflow.parentRunId": parent_id})
+            child_id = child.info.run_id
+            result["children"][stage.name] = child_id
+            args = ["--config", str(stage.config), *stage.args, *extra_args.get(stage.name, []),
+                    f"--trainer.logger.init_args.run_id={child_id}",
+                    f"--trainer.logger.init_args.experiment_name={pipeline.experiment_name}",
+                    f"--trainer.logger.init_args.tracking_uri={tracking_uri}",
+                    f"--trainer.logger.init_args.artifact_location={pipeline.artifact_location}"]
+            if previous is not None:
+                args.append(f"--model.init_args.init_from={previous}")
+            print(f"[pipeline] {stage.name}: {stage.config.name}" + (f" from {previous.name}" if previous else ""))
+            with bare_argv():
+                cli = lightning_cli(args, run=False)
+            model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
+            if stage.evaluate_start:
+                model.metric_prefix = "start/"
+                trainer.validate(model, datamodule=datamodule)
+                if stage.test:
+                    trainer.test(model, datamodule=datamodule)
+                model.metric_prefix = ""
+            trainer.fit(model, datamodule=datamodule)
+            checkpoint = checkpoints_dir / f"{stage.name}.ckpt"
+            trainer.save_checkpoint(checkpoint, weights_only=True)  # trainable weights + identity (on_save_checkpoint)
+            result["checkpoints"][stage.name] = str(checkpoint)
+            client.log_param(child_id, "handoff_checkpoint", str(checkpoint))
+            if stage.test:
+                trainer.test(model, datamodule=datamodule)
+            metrics = client.get_run(child_id).data.metrics
+            result["table"][stage.name] = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics}
+            start = {k: metrics[f"start/{k}"] for k in SUMMARY_METRICS if f"start/{k}" in metrics}
+            if start:
+                result["table"][f"{stage.name} (start)"] = start
+            for key, value in result["table"][stage.name].items():
+                client.log_metric(parent_id, f"{stage.name}/{key}", value)
+            previous = checkpoint
+    except BaseException:
+        client.set_terminated(parent_id, "FAILED")
+        raise
+    rows = list(result["table"])
+    client.log_table(parent_id, {"stage": rows, **{k: [result["table"][r].get(k) for r in rows] for k in SUMMARY_METRICS}}, "summary.json")
+    client.set_terminated(parent_id, "FINISHED")
+    print("\n" + format_table(result["table"]))
+    print(f"\n[pipeline] parent run {parent_id} in experiment {pipeline.experiment_name!r} ({tracking_uri})")
+    return result
+
+
+def pipeline_command(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m skinflow pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="pipeline YAML (see configs/pipeline/)")
+    parser.add_argument("--skip", action="append", default=[], metavar="STAGE", help="leave out a stage (repeatable)")
+    parser.add_argument("--stage-arg", action="append", default=[], metavar="STAGE=ARG",
+                        help="extra CLI argument for one stage, e.g. warmup=--trainer.max_epochs=2 (repeatable)")
+    parser.add_argument("--run-name", default=None, help="name of the parent MLflow run")
+    ns = parser.parse_args(argv)
+    pipeline = load_pipeline(ns.config)
+    if ns.run_name:
+        pipeline.run_name = ns.run_name
+    extra: dict[str, list[str]] = {}
+    for item in ns.stage_arg:
+        name, sep, arg = item.partition("=")
+        if not sep or not arg:
+            parser.error(f"--stage-arg {item!r} is not STAGE=ARG")
+        extra.setdefault(name, []).append(arg)
+    result = run_pipeline(pipeline, tuple(ns.skip), extra)
+    log.info("pipeline result: %s", json.dumps(result, default=str))
+    return result

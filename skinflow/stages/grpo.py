@@ -1,0 +1,258 @@
+"""GRPO: Stage I (structured caption) and Stage II (ranked differential) differ only by config.
+
+One ``training_step`` per batch of B images (manual optimisation):
+
+1. sample G completions per image with HF ``generate`` (temperature, top-p, ``max_new_tokens``);
+2. score them with the configured rewards (``skinflow.rl.rewards``) -> (B, G);
+3. group advantages (std-normalised or mean-only), and the groups whose rewards all tie;
+4. log-probabilities of the reference (beta > 0: LoRA -> the same model with adapters off and DVE gains at 1;
+   full training -> a frozen copy of the starting policy) and, for mu > 1, of the sampling policy;
+5. mu optimisation passes over the same rollout, each one optimizer step, the rollout split into micro-batches
+   of ``micro_batch_size`` sequences whose gradients accumulate (the loss weights are normalised over the whole
+   rollout, so any split gives the same gradient);
+6. log rewards, KL, clipping, entropy, lengths; every ``table_every`` steps a rollout table to MLflow.
+
+The maths lives in ``skinflow.rl.grpo`` (shape legend in ``skinflow.rl``). Validation and test generate greedily
+and use the clinical metric collection of ``SkinflowStage``.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+
+import torch
+
+from skinflow.metrics.grading import GradingSpec
+from skinflow.models.backbone import BackboneSpec
+from skinflow.models.dve import base_model_view
+from skinflow.rl.grpo import LOSS_WEIGHTS, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
+from skinflow.rl.rewards import RewardSpec, combined_reward
+from skinflow.rl.rollout import Rollout, completion_mask, repeat_images
+from skinflow.stages.base import SkinflowStage, warmup_cosine
+
+TABLE_ROWS = 32
+
+
+class GRPOStage(SkinflowStage):
+    """Group Relative Policy Optimisation over the shared backbone.
+
+    Args:
+        backbone: which backbone to build and what trains (LoRA, DVE, ...); must match ``init_from``'s.
+        rewards: the rewards and their weights, e.g. ``[{name: caption_fields, weight: 1.0}]``.
+        stage: name of the stage in logs and checkpoints (``stage1``, ``stage2``).
+        group_size: G, completions sampled per image.
+        temperature: sampling temperature (log-probabilities use the same temperature).
+        top_p: nucleus sampling threshold.
+        max_new_tokens: completion length limit for sampling and evaluation.
+        loss: ``grpo`` | ``dr_grpo`` | ``dapo`` (token averaging, see ``skinflow.rl.grpo``).
+        advantage_scale: ``std`` (divide by the group's std) or ``none`` (mean-only, Dr. GRPO).
+        eps_low: lower clipping range of the ratio (1 - eps_low).
+        eps_high: upper clipping range of the ratio (1 + eps_high; DAPO's clip-higher uses 0.28).
+        beta: weight of the k3 KL to the reference; 0 skips the reference pass.
+        num_iterations: mu, optimisation passes (optimizer steps) over each rollout.
+        micro_batch_size: sequences per forward/backward (gradient accumulation); ``None``: the whole rollout.
+        drop_tied_groups: leave out of the loss the groups whose rewards all tie (they have zero advantage but
+            still carry KL and length in the average); they are counted in ``rl/frac_zero_std_groups`` either way.
+            When every group of a batch ties there is no policy signal: with beta > 0 the step runs on the KL
+            term alone over all groups (so every batch is an optimizer step and ``max_steps`` counts batches);
+            with beta = 0 it is skipped (``rl/skipped_step``) and does not count toward ``max_steps``.
+        lr: AdamW learning rate (constant after ``warmup_steps``).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warmup in optimizer steps.
+        max_grad_norm: gradient clipping by global norm (0: off).
+        table_every: log a table of prompts, completions and rewards every this many training steps (0: never).
+        init_from: checkpoint of the previous stage whose trainable weights to start from.
+        grading: credit values of the clinical hierarchy used by the validation/test metrics.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSpec | None = None,
+        rewards: list[RewardSpec] | None = None,
+        stage: str = "grpo",
+        group_size: int = 4,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 96,
+        loss: str = "grpo",
+        advantage_scale: str = "std",
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        beta: float = 0.04,
+        num_iterations: int = 1,
+        micro_batch_size: int | None = None,
+        drop_tied_groups: bool = True,
+        lr: float = 1e-6,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        max_grad_norm: float = 1.0,
+        table_every: int = 50,
+        init_from: str | None = None,
+        grading: GradingSpec | None = None,
+    ):
+        if loss not in LOSS_WEIGHTS:
+            raise ValueError(f"loss={loss!r} is not one of {sorted(LOSS_WEIGHTS)}")
+        if advantage_scale not in ("std", "none"):
+            raise ValueError(f"advantage_scale={advantage_scale!r} is not 'std' or 'none'")
+        if group_size < 2:
+            raise ValueError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
+        super().__init__(backbone, max_new_tokens, init_from, grading)
+        self.rewards = list(rewards or [RewardSpec("ranked_diagnosis")])
+        self.stage_name = stage
+        self.automatic_optimization = False
+        self._reference: list[torch.nn.Module] = []  # a list, so the frozen copy is not a registered submodule
+        self.timings: dict[str, float] = {}  # seconds per phase of the last training step (logged as time/<phase>)
+        self.save_hyperparameters()
+
+    # -- the algorithm ---------------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        hp = self.hparams
+        B, G = len(batch["targets"]), hp.group_size
+        self.timings = {}
+        with self.phase("rollout"):
+            rollout = self.rollout(batch)  # N = B*G sequences, image-major
+        targets = [t for t in batch["targets"] for _ in range(G)]
+        rewards = combined_reward(rollout.texts, targets, self.rewards)  # name -> (N,)
+        total = rewards["total"].view(B, G).to(self.device)  # (B, G)
+        advantages = group_advantages(total, hp.advantage_scale)  # (B, G)
+        tied = tied_groups(total)  # (B,)
+        keep = ~tied if hp.drop_tied_groups and not tied.all() else torch.ones_like(tied)  # all tied: KL-only step
+        rows = keep.repeat_interleave(G).nonzero().squeeze(1)  # kept sequences, indices into N
+        skip = bool(tied.all()) and not hp.beta  # nothing to learn and no KL: no step
+        stats = {} if skip else self.optimise(rollout.select(rows), advantages.view(-1)[rows])
+        self.log_step(rewards, tied, rollout, stats)
+        if hp.table_every and batch_idx % hp.table_every == 0:
+            self.log_rollout_table(rollout, targets, rewards)
+
+    @torch.no_grad()
+    def rollout(self, batch: dict) -> Rollout:
+        """G sampled completions per image, in eval mode (KV cache on even with gradient checkpointing)."""
+        G, hp = self.hparams.group_size, self.hparams
+        pixel_values, grid = repeat_images(batch["pixel_values"], batch["image_grid_thw"], G)
+        prompt_ids = batch["prompt_ids"].repeat_interleave(G, dim=0)  # (N, Lp)
+        prompt_mask = batch["prompt_mask"].repeat_interleave(G, dim=0)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            **self.model_inputs(prompt_ids, prompt_mask, pixel_values, grid), do_sample=True,
+            temperature=hp.temperature, top_p=hp.top_p, top_k=0, **self.generation_kwargs(),
+        )
+        self.model.train(was_training)
+        tokens = out[:, prompt_ids.shape[1]:]  # (N, T)
+        mask, clipped = completion_mask(tokens, self.processor.tokenizer.eos_token_id)
+        tokens = tokens.masked_fill(~mask, self.processor.tokenizer.pad_token_id)
+        return Rollout(prompt_ids, prompt_mask, pixel_values, grid, tokens, mask, clipped,
+                       self.processor.decode(tokens), G)
+
+    def completion_logits(self, model: torch.nn.Module, part: Rollout) -> torch.Tensor:
+        """Next-token logits at each completion position: (n, T, V)."""
+        T = part.completion_ids.shape[1]
+        ids = torch.cat([part.prompt_ids, part.completion_ids], dim=1)  # (n, Lp + T)
+        mask = torch.cat([part.prompt_mask, part.completion_mask.long()], dim=1)
+        inputs = self.model_inputs(ids, mask, part.pixel_values, part.image_grid_thw)
+        return model(**inputs, logits_to_keep=T + 1).logits[:, :-1]  # position t predicts token t+1
+
+    @torch.no_grad()
+    def reference_logprobs(self, part: Rollout) -> torch.Tensor:
+        if self.backbone_spec.lora is not None:
+            with base_model_view(self.model):
+                logits = self.completion_logits(self.model, part)
+        else:
+            logits = self.completion_logits(self._reference[0], part)
+        return token_logprobs(logits, part.completion_ids, self.hparams.temperature)
+
+    def optimise(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
+        """mu optimizer steps over the kept sequences; advantages (n,). Returns token-mean statistics."""
+        hp = self.hparams
+        n = rollout.completion_ids.shape[0]
+        chunks = torch.arange(n).split(hp.micro_batch_size or n)
+        parts = [rollout.select(c) for c in chunks]
+        weights = LOSS_WEIGHTS[hp.loss](rollout.completion_mask, self.max_new_tokens)  # (n, T)
+        with self.phase("reference"):
+            ref = [self.reference_logprobs(p) for p in parts] if hp.beta else [None] * len(parts)
+        old = [None] * len(parts)
+        if hp.num_iterations > 1:
+            with torch.no_grad(), self.phase("old_logprobs"):
+                old = [token_logprobs(self.completion_logits(self.model, p), p.completion_ids, hp.temperature) for p in parts]
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        sums: dict[str, float] = {}
+        for iteration in range(hp.num_iterations):
+            for c, part, ref_lp, old_lp in zip(chunks, parts, ref, old):
+                with self.phase("policy_forward"):
+                    logits = self.completion_logits(self.model, part)  # (m, T, V)
+                    logp = token_logprobs(logits, part.completion_ids, hp.temperature)  # (m, T)
+                    loss, s = policy_loss(logp, logp.detach() if old_lp is None else old_lp, ref_lp, advantages[c],
+                                          weights[c], hp.eps_low, hp.eps_high, hp.beta)
+                with self.phase("backward"):
+                    self.manual_backward(loss)
+                if iteration == 0:
+                    s["entropy"] = (token_entropy(logits.detach(), hp.temperature) * part.completion_mask).sum()
+                    s["loss"] = loss.detach()
+                    for key, value in s.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+            with self.phase("optimizer"):
+                if hp.max_grad_norm:
+                    self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                schedule.step()
+        tokens = max(sums.pop("tokens"), 1.0)
+        return {"loss": sums["loss"], "clip_frac": sums["clipped"] / tokens, "entropy": sums["entropy"] / tokens,
+                **({"kl": sums["kl"] / tokens} if "kl" in sums else {})}
+
+    @contextmanager
+    def phase(self, name: str):
+        """Add the wall time of the block to ``self.timings[name]`` (synchronising CUDA around it)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    # -- logging ---------------------------------------------------------------------------------------------
+    def log_step(self, rewards: dict[str, torch.Tensor], tied: torch.Tensor, rollout: Rollout, stats: dict) -> None:
+        B = len(tied)
+        values = {}
+        for name, r in rewards.items():
+            values[f"reward/{name}"] = r.mean()
+            values[f"reward/{name}_std"] = r.std(unbiased=False)
+        values["rl/frac_zero_std_groups"] = tied.float().mean()
+        values["rl/skipped_step"] = float(not stats)
+        values["completions/mean_length"] = rollout.completion_mask.sum(1).float().mean()
+        values["completions/clipped_frac"] = rollout.clipped.float().mean()
+        values.update({f"rl/{k}" if k != "loss" else "train/loss": v for k, v in stats.items()})
+        values["train/lr"] = self.optimizers().param_groups[0]["lr"]
+        values.update({f"time/{k}": v for k, v in self.timings.items()})
+        self.log_dict({k: float(v) for k, v in values.items()}, batch_size=B, prog_bar=False)
+        self.log("reward", float(rewards["total"].mean()), prog_bar=True, logger=False, batch_size=B)
+
+    def log_rollout_table(self, rollout: Rollout, targets: list, rewards: dict[str, torch.Tensor]) -> None:
+        logger = self.logger
+        if logger is None or not hasattr(logger, "run_id"):
+            return
+        rows = min(TABLE_ROWS, len(targets))
+        table = {
+            "step": [self.global_step] * rows,
+            "md5hash": [t.md5hash for t in targets[:rows]], "label": [t.label for t in targets[:rows]],
+            "completion": rollout.texts[:rows],
+            **{f"reward/{k}": [round(float(v), 4) for v in r[:rows]] for k, r in rewards.items()},
+        }
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"rollouts/step{self.global_step:06d}.json")
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hparams.beta and self.backbone_spec.lora is None and not self._reference:
+            reference = copy.deepcopy(self.model).eval()  # the starting policy, frozen
+            reference.requires_grad_(False)
+            self._reference.append(reference)
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, 1, 1.0))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -1,0 +1,140 @@
+"""GRPO maths against plain loops and token-level formulas written out here (B=3, G=5, T=7)."""
+
+import math
+
+import pytest
+import torch
+
+from skinflow.rl.grpo import (
+    LOSS_WEIGHTS, group_advantages, k3_kl, policy_loss, tied_groups, token_entropy, token_logprobs,
+)
+from skinflow.rl.rollout import completion_mask, repeat_images
+
+B, G, T, V = 3, 5, 7, 11
+
+
+def rollout_tensors(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(B, G, generator=g)
+    logp = -torch.rand(B, G, T, generator=g) * 3
+    old = logp + 0.3 * torch.randn(B, G, T, generator=g)
+    ref = logp + 0.5 * torch.randn(B, G, T, generator=g)
+    lengths = torch.randint(1, T + 1, (B, G), generator=g)
+    mask = torch.arange(T)[None, None, :] < lengths[..., None]
+    return rewards, logp, old, ref, mask
+
+
+@pytest.mark.parametrize("scale", ["std", "none"])
+def test_advantages_equal_a_plain_loop(scale):
+    rewards = rollout_tensors()[0]
+    ours = group_advantages(rewards, scale)
+    for b in range(B):
+        values = rewards[b].tolist()
+        mean = sum(values) / G
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / G)
+        for i in range(G):
+            expected = (values[i] - mean) / (std + 1e-4) if scale == "std" else values[i] - mean
+            assert ours[b, i].item() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_tied_groups_get_zero_advantage_and_are_flagged():
+    rewards = rollout_tensors()[0]
+    rewards[1] = 0.7
+    for scale in ("std", "none"):
+        assert torch.equal(group_advantages(rewards, scale)[1], torch.zeros(G))
+    assert tied_groups(rewards).tolist() == [False, True, False]
+
+
+def reference_loss(variant, logp, old, ref, adv, mask, eps_low, eps_high, beta, max_tokens):
+    """Token by token, as the papers write it."""
+    def token_loss(b, i, t):
+        ratio = math.exp(logp[b, i, t] - old[b, i, t])
+        a = adv[b, i].item()
+        surrogate = -min(ratio * a, min(max(ratio, 1 - eps_low), 1 + eps_high) * a)
+        d = ref[b, i, t] - logp[b, i, t]
+        return float(surrogate + beta * (math.exp(d) - d - 1))
+
+    tokens = [(b, i, t) for b in range(B) for i in range(G) for t in range(T) if mask[b, i, t]]
+    if variant == "dapo":
+        return sum(token_loss(*x) for x in tokens) / len(tokens)
+    if variant == "dr_grpo":
+        return sum(token_loss(*x) for x in tokens) / (B * G * max_tokens)
+    total = 0.0
+    for b in range(B):
+        for i in range(G):
+            own = [token_loss(b, i, t) for t in range(T) if mask[b, i, t]]
+            total += sum(own) / len(own)
+    return total / (B * G)
+
+
+@pytest.mark.parametrize("variant", sorted(LOSS_WEIGHTS))
+def test_each_loss_variant_equals_its_token_level_formula(variant):
+    rewards, logp, old, ref, mask = rollout_tensors(1)
+    adv = group_advantages(rewards)
+    max_tokens = 9
+    ours, _ = policy_loss(logp, old, ref, adv, LOSS_WEIGHTS[variant](mask, max_tokens), 0.2, 0.28, 0.05)
+    expected = reference_loss(variant, logp.double(), old.double(), ref.double(), adv, mask, 0.2, 0.28, 0.05, max_tokens)
+    assert ours.item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_with_one_pass_and_no_kl_clipping_changes_nothing():
+    rewards, logp, _, _, mask = rollout_tensors(2)
+    adv = group_advantages(rewards)
+    weights = LOSS_WEIGHTS["grpo"](mask, T)
+    results = []
+    for eps in (0.2, 1e9):  # clipped vs effectively unclipped
+        x = logp.clone().requires_grad_(True)
+        loss, stats = policy_loss(x, x.detach(), None, adv, weights, eps, eps, 0.0)
+        loss.backward()
+        results.append((loss.detach(), x.grad.clone(), stats["clipped"]))
+    assert torch.allclose(results[0][0], results[1][0]) and torch.allclose(results[0][1], results[1][1])
+    assert results[0][2] == 0
+    # and with a stale policy the clipped loss does differ
+    x = logp.clone().requires_grad_(True)
+    clipped, stats = policy_loss(x, x.detach() - 0.5, None, adv, weights, 0.2, 0.2, 0.0)
+    unclipped, _ = policy_loss(x, x.detach() - 0.5, None, adv, weights, 1e9, 1e9, 0.0)
+    assert not torch.allclose(clipped, unclipped) and stats["clipped"] > 0
+
+
+@pytest.mark.parametrize("variant", sorted(LOSS_WEIGHTS))
+def test_micro_batches_accumulate_to_the_full_gradient(variant):
+    rewards, logp, old, ref, mask = rollout_tensors(3)
+    adv = group_advantages(rewards).reshape(-1)  # (N,)
+    flat = lambda x: x.reshape(B * G, T)  # noqa: E731  (B, G, T) -> (N, T)
+    weights = LOSS_WEIGHTS[variant](flat(mask), T)
+    full = flat(logp).clone().requires_grad_(True)
+    policy_loss(full, flat(old), flat(ref), adv, weights, 0.2, 0.2, 0.1)[0].backward()
+    split = flat(logp).clone().requires_grad_(True)
+    for rows in torch.arange(B * G).split(4):
+        policy_loss(split[rows], flat(old)[rows], flat(ref)[rows], adv[rows], weights[rows], 0.2, 0.2, 0.1)[0].backward()
+    assert torch.allclose(full.grad, split.grad, atol=1e-7)
+
+
+def test_k3_is_nonnegative_and_zero_at_equality():
+    logp, ref = -torch.rand(50), -torch.rand(50)
+    assert (k3_kl(logp, ref) >= 0).all() and torch.equal(k3_kl(logp, logp), torch.zeros(50))
+
+
+def test_token_logprobs_and_entropy_match_log_softmax():
+    logits, tokens = torch.randn(2, 4, V), torch.randint(0, V, (2, 4))
+    logp = torch.log_softmax(logits / 0.7, -1)
+    assert torch.allclose(token_logprobs(logits, tokens, 0.7), logp.gather(-1, tokens[..., None]).squeeze(-1), atol=1e-6)
+    assert torch.allclose(token_entropy(logits, 0.7), -(logp.exp() * logp).sum(-1), atol=1e-6)
+
+
+def test_completion_mask_stops_after_the_first_eos():
+    tokens = torch.tensor([[4, 9, 2, 2, 5], [2, 3, 3, 3, 3], [4, 4, 4, 4, 4]])
+    mask, clipped = completion_mask(tokens, eos_id=2)
+    assert mask.int().tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert clipped.tolist() == [False, False, True]
+
+
+def test_repeat_images_groups_patches_image_major():
+    grid = torch.tensor([[1, 2, 2], [1, 1, 2], [1, 2, 4]])
+    pixels = torch.arange(int(grid.prod(-1).sum()))[:, None].float()
+    repeated, grid_g = repeat_images(pixels, grid, 3)
+    assert grid_g.tolist() == [row for row in grid.tolist() for _ in range(3)]
+    chunks = repeated.split(grid_g.prod(-1).tolist())
+    originals = pixels.split(grid.prod(-1).tolist())
+    for n, chunk in enumerate(chunks):
+        assert torch.equal(chunk, originals[n // 3])

@@ -1,0 +1,81 @@
+"""The pipeline command: parent and child MLflow runs, stage handoff, skipping, small checkpoints, clear errors."""
+
+import pytest
+import torch
+
+from skinflow.cli import main
+from skinflow.pipeline import PipelineError, load_pipeline
+from tests.conftest import REPO
+
+FAST = {
+    "warmup": ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.check_val_every_n_epoch=1"],
+    "stage1": ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1"],
+    "stage2": ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1"],
+}
+COMMON = ["--data.init_args.synthetic_per_class=4", "--data.init_args.progress=false", "--trainer.limit_val_batches=1",
+          "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false", "--model.init_args.max_new_tokens=8"]
+
+
+def run_demo(tmp_path, monkeypatch, *extra):
+    monkeypatch.chdir(tmp_path)
+    args = ["pipeline", "--config", str(REPO / "configs/pipeline/demo.yaml"), *extra]
+    for stage, stage_args in FAST.items():
+        args += [f"--stage-arg={stage}={a}" for a in [*COMMON, *stage_args]]
+    from skinflow.pipeline import pipeline_command
+
+    return pipeline_command(args[1:])
+
+
+def test_pipeline_makes_parent_and_child_runs_and_hands_over_small_checkpoints(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    result = run_demo(tmp_path, monkeypatch)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    parent = client.get_run(result["parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["skinflow.stage"] == "pipeline"
+    assert list(result["children"]) == ["warmup", "stage1", "stage2"]
+    for name, run_id in result["children"].items():
+        child = client.get_run(run_id)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["skinflow.stage"] == name
+    stage1 = client.get_run(result["children"]["stage1"]).data
+    assert {"start/val/reward/caption_fields", "val/reward/caption_fields", "reward/caption_fields"} <= set(stage1.metrics)
+    stage2 = client.get_run(result["children"]["stage2"]).data
+    assert {"start/test/graded_top1", "test/graded_top1", "reward/ranked_diagnosis", "rl/kl"} <= set(stage2.metrics)
+    assert "stage2/test/graded_top1" in parent.data.metrics
+    assert stage2.params["init_from"] == result["checkpoints"]["stage1"]
+    # the handed-over checkpoint: trainable weights and identity only, under 2x their bytes
+    checkpoint = torch.load(result["checkpoints"]["stage1"], map_location="cpu", weights_only=False)
+    from skinflow.stages.grpo import GRPOStage
+
+    stage = GRPOStage()
+    trainable_bytes = sum(p.numel() * p.element_size() for p in stage.parameters() if p.requires_grad)
+    size = (tmp_path / result["checkpoints"]["stage1"]).stat().st_size
+    assert size < 2 * trainable_bytes
+    assert set(checkpoint["state_dict"]) == {n for n, p in stage.named_parameters() if p.requires_grad}
+    assert "optimizer_states" not in checkpoint and checkpoint["backbone_identity"]["preset"] == "tiny"
+    out = capsys.readouterr().out
+    assert "graded_top1" in out and "stage2 (start)" in out
+
+
+def test_skipping_stage1_hands_warmup_to_stage2(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    result = run_demo(tmp_path, monkeypatch, "--skip", "stage1")
+    assert list(result["children"]) == ["warmup", "stage2"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    stage2 = client.get_run(result["children"]["stage2"]).data
+    assert stage2.params["init_from"] == result["checkpoints"]["warmup"]
+    assert client.get_run(result["parent_run_id"]).data.tags["skipped.stage1"] == "true"
+
+
+def test_pipeline_file_errors_name_the_key(tmp_path):
+    bad = tmp_path / "p.yaml"
+    bad.write_text("stages:\n  - name: a\n    config: missing.yaml\n")
+    with pytest.raises(PipelineError, match=r"p\.yaml stages\[0\] \(a\): config .*missing\.yaml not found"):
+        load_pipeline(bad)
+    bad.write_text("stage: []\n")
+    with pytest.raises(PipelineError, match=r"unknown keys \['stage'\]"):
+        load_pipeline(bad)
+    with pytest.raises(SystemExit):
+        main(["pipeline"])
