@@ -52,13 +52,14 @@ def run_skinflow(data: Path, steps: int) -> list[float]:
 
     class StepTimer(L.Callback):
         def __init__(self):
-            self.times, self.start = [], 0.0
+            self.times, self.phases, self.start = [], [], 0.0
 
         def on_train_batch_start(self, *args):
             self.start = time.perf_counter()
 
-        def on_train_batch_end(self, *args):
+        def on_train_batch_end(self, trainer, module, *args):
             self.times.append(time.perf_counter() - self.start)
+            self.phases.append(dict(module.timings))
 
     L.seed_everything(0, verbose=False)
     stage = GRPOStage(rewards=[RewardSpec("ranked_diagnosis")], group_size=G, max_new_tokens=NEW_TOKENS, lr=LR, beta=BETA,
@@ -69,6 +70,8 @@ def run_skinflow(data: Path, steps: int) -> list[float]:
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[timer])
     trainer.fit(stage, dm)
+    phases = {k: statistics.median(p[k] for p in timer.phases[1:]) for k in timer.phases[-1]}
+    print("skinflow phases (median s): " + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()), file=sys.stderr)
     return timer.times
 
 
@@ -116,21 +119,24 @@ def run_trl(data: Path, steps: int) -> list[float]:
     processor = ImageOnlyProcessor(ours.image_processor, ours.tokenizer, chat_template=ours.tokenizer.chat_template)
     model = build_model(spec, ours.tokenizer)
     rows = pd.read_csv(data / "labels.csv", dtype=str)
-    prompt = [{"role": "system", "content": SYSTEM_PROMPT},
+    prompt = [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
               {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPTS["diagnosis"]}]}]
     dataset = Dataset.from_list([
-        {"prompt": prompt, "image": Image.open(data / "images" / f"{r.md5hash}.png").convert("RGB").resize((SIDE, SIDE)), "label": r.label}
+        {"prompt": prompt, "image": Image.open(data / "images" / f"{r.md5hash}.jpg").convert("RGB").resize((SIDE, SIDE)), "label": r.label}
         for r in rows.itertuples()
     ])
     with tempfile.TemporaryDirectory() as out:
+        # TRL builds its frozen reference (beta > 0, no PEFT) by loading the model's path again: give it one
+        model.save_pretrained(Path(out) / "model")
         config = GRPOConfig(
             output_dir=out, per_device_train_batch_size=B * G, num_generations=G, max_completion_length=NEW_TOKENS,
             learning_rate=LR, beta=BETA, num_iterations=1, temperature=1.0, top_p=1.0, top_k=0, max_steps=steps,
             use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False, report_to=[], save_strategy="no",
             logging_steps=10_000, seed=0, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+            model_init_kwargs={"dtype": torch.float32},
         )
         timer = StepTimer()
-        trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=config, train_dataset=dataset,
+        trainer = GRPOTrainer(model=str(Path(out) / "model"), reward_funcs=[reward], args=config, train_dataset=dataset,
                               processing_class=processor, callbacks=[timer])
         trainer.train()
     return timer.times
@@ -166,6 +172,9 @@ def main() -> None:
             if out.returncode:
                 sys.exit(f"{name} run failed:\n{out.stderr[-3000:]}")
             record = json.loads(out.stdout.strip().splitlines()[-1])
+            phases = [line for line in out.stderr.splitlines() if line.startswith("skinflow phases")]
+            if phases:
+                print(f"round {r + 1} {phases[-1]}")
             results[name]["times"] += record["times"][1:]
             results[name]["peak"].append(record["peak_rss_mib"] - record["rss_before_mib"])
             print(f"round {r + 1} {name:8s}: steps {[round(t, 3) for t in record['times']]} s, "
