@@ -282,7 +282,8 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         records = datasets.load_from_disk(str(table_dir))
         self.report = json.loads((table_dir / "report.json").read_text())
         self.report["table"] = str(table_dir)
-        df = records.select_columns(["md5hash", "label", self.hparams.fitzpatrick_column, "url_alphanum"]).to_pandas()
+        df = records.select_columns(["md5hash", "label", self.hparams.fitzpatrick_column, "url_alphanum",
+                                     *CAPTION_COLUMNS.values()]).to_pandas()
         keep = self._label_filter(df)
         assigned = assign_splits(
             df[keep], self.hparams.split, self.hparams.val_fraction, self.hparams.test_fraction,
@@ -298,7 +299,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             "val": eval_transform(size), "test": eval_transform(size),
         }
         captions = self._captions(df["md5hash"])
-        has_caption = self._has_caption(records, captions)
+        has_caption = self._has_caption(df, captions)
         self.report["without_caption_dropped"] = {}
         for name in ("train", "val", "test"):
             in_split = (assigned == name).to_numpy().copy()
@@ -329,10 +330,9 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         return captions
 
     @staticmethod
-    def _has_caption(records, captions: dict) -> np.ndarray:
-        columns = records.select_columns(["md5hash", *CAPTION_COLUMNS.values()]).to_pandas()
-        in_csv = (columns[list(CAPTION_COLUMNS.values())].astype(str).apply(lambda c: c.str.strip() != "")).any(axis=1)
-        return (in_csv | columns["md5hash"].isin(list(captions))).to_numpy()
+    def _has_caption(df: pd.DataFrame, captions: dict) -> np.ndarray:
+        in_csv = (df[list(CAPTION_COLUMNS.values())].astype(str).apply(lambda c: c.str.strip() != "")).any(axis=1)
+        return (in_csv | df["md5hash"].isin(list(captions))).to_numpy()
 
     def _label_filter(self, df: pd.DataFrame) -> pd.Series:
         keep = pd.Series(True, index=df.index)

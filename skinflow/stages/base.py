@@ -52,6 +52,14 @@ def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, content: tor
     return (ce * weights).sum() / weights.sum().clamp(min=1)
 
 
+def adamw_with_schedule(params, lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int,
+                        total_steps: int, min_ratio: float) -> dict:
+    """AdamW over ``params`` with the ``warmup_cosine`` multiplier stepped per optimizer step (Lightning's dict)."""
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
 class CheckpointMismatch(RuntimeError):
     pass
 
@@ -176,6 +184,9 @@ class SkinflowStage(LightningModule):
         return weighted_token_loss(logits, batch["labels"], batch["content_mask"], content_weight)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         return {k: v for k, v in self.state_dict().items() if k in trainable}

@@ -30,7 +30,7 @@ from skinflow.models.dve import base_model_view
 from skinflow.rl.grpo import LOSS_WEIGHTS, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
 from skinflow.rl.rewards import RewardSpec, combined_reward
 from skinflow.rl.rollout import Rollout, completion_mask, repeat_images
-from skinflow.stages.base import SkinflowStage, warmup_cosine
+from skinflow.stages.base import SkinflowStage, adamw_with_schedule
 
 TABLE_ROWS = 32
 
@@ -252,7 +252,6 @@ class GRPOStage(SkinflowStage):
             self._reference.append(reference)
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, 1, 1.0))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        # linear warmup, then constant (min_ratio 1): AdamW's default betas
+        return adamw_with_schedule(self.trainable_parameters(), self.hparams.lr, self.hparams.weight_decay, (0.9, 0.999),
+                                   self.hparams.warmup_steps, 1, 1.0)

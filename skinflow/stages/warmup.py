@@ -18,7 +18,7 @@ import torch
 
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
-from skinflow.stages.base import SkinflowStage, warmup_cosine
+from skinflow.stages.base import SkinflowStage, adamw_with_schedule
 
 
 class WarmupStage(SkinflowStage):
@@ -62,10 +62,6 @@ class WarmupStage(SkinflowStage):
         return loss
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, betas=self.hparams.betas)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, self.hparams.warmup_steps, total, self.hparams.min_lr_ratio)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        hp = self.hparams
+        return adamw_with_schedule(self.trainable_parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
+                                   max(1, int(self.trainer.estimated_stepping_batches)), hp.min_lr_ratio)
