@@ -90,10 +90,10 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name() if device == 'gpu' else 'cpu'}; B={ns.images} G={ns.group} "
           f"new_tokens={ns.new_tokens} side={ns.side} micro_batch={ns.micro_batch}")
     for phase in ("rollout", "reference", "policy_forward", "backward", "optimizer"):
-        print(f"  {phase:15s} {step.get(phase, 0.0):8.2f} s")
+        print(f"  {phase:15s} {step[phase]:9.4f} s")
     if "peak_gib" in step:
         print(f"peak GPU memory {step['peak_gib']:.1f} GiB")
-    print(f"step total {step['total']:.2f} s")
+    print(f"step total {step['total']:.4f} s")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ def test_gpu_scale_runs_tiny_on_cpu():
     lines = out.strip().splitlines()
     phases = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("  ")}
     assert set(phases) == {"rollout", "reference", "policy_forward", "backward", "optimizer"}
-    assert all(seconds > 0 for seconds in phases.values())
+    # every phase was timed (the script indexes them, a missing one raises); the heavy ones take measurable time,
+    # the optimizer step of 0.1 M parameters may round to zero on a fast machine
+    assert all(phases[name] > 0 for name in ("rollout", "reference", "policy_forward", "backward"))
+    assert phases["optimizer"] >= 0
     assert lines[-1].startswith("step total") and float(lines[-1].split()[2]) >= sum(phases.values()) * 0.9
 
 
