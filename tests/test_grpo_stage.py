@@ -57,6 +57,71 @@ def test_reference_with_adapters_disabled_equals_the_base_model(rollout_batch):
         assert torch.allclose(again, moved)  # adapters and DVE are back on after the reference pass
 
 
+def test_each_image_encoded_once_gives_the_logits_and_gradients_of_repeated_images(rollout_batch):
+    from skinflow.rl.rollout import repeat_images
+
+    torch.manual_seed(0)
+    stage = GRPOStage(BackboneSpec(lora=LoRASpec(r=2), dve=DVESpec(enabled=True, num_groups=4)), max_new_tokens=6, group_size=3)
+    with torch.no_grad():
+        for p in stage.trainable_parameters():
+            p.add_(0.1 * torch.randn_like(p))  # LoRA B and DVE heads start at zero: give them gradients to compare
+    rollout = stage.rollout(rollout_batch)
+    T = rollout.completion_ids.shape[1]
+    pixels, grid = repeat_images(rollout.pixel_values, rollout.image_grid_thw, 3)  # the plain way: G copies
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask.long()], 1)
+    weights = torch.randn(ids.shape[0], T, 1)
+
+    def grads(logits):
+        stage.zero_grad()
+        (logits.log_softmax(-1).mean(-1, keepdim=True) * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in stage.named_parameters() if p.requires_grad}
+
+    plain = stage.model(**stage.model_inputs(ids, mask, pixels, grid), logits_to_keep=T + 1).logits[:, :-1]
+    shared = stage.completion_logits(stage.model, rollout)
+    assert torch.allclose(shared, plain, atol=1e-5)
+    g_plain, g_shared = grads(plain), grads(shared)
+    assert any(".visual." in n and g.abs().sum() > 0 for n, g in g_plain.items())  # the DVE heads (vision) learn too
+    for name in g_plain:
+        assert torch.allclose(g_shared[name], g_plain[name], atol=1e-6, rtol=1e-4), name
+    # a micro-batch holding part of an image's group encodes only its own images
+    part = rollout.select(torch.tensor([2, 3]))
+    assert part.image_index.tolist() == [0, 1]
+    assert torch.allclose(stage.completion_logits(stage.model, part), shared[2:4], atol=1e-5)
+
+
+def test_rollout_is_image_major_and_its_logprobs_match_generate(rollout_batch):
+    """Sequences b*G .. b*G+G-1 belong to image b: the training forward scores each sampled token as the sampler
+    did (a group-major order would pair completions with the wrong image)."""
+    from skinflow.rl.grpo import token_logprobs
+
+    torch.manual_seed(0)
+    stage = GRPOStage(max_new_tokens=6, group_size=3, temperature=1.0)
+    stage.model.eval()
+    torch.manual_seed(1)
+    rollout = stage.rollout(rollout_batch)
+    torch.manual_seed(1)
+    out = stage.model.generate(
+        **stage.model_inputs(rollout_batch["prompt_ids"], rollout_batch["prompt_mask"], rollout_batch["pixel_values"],
+                             rollout_batch["image_grid_thw"]),
+        do_sample=True, num_return_sequences=3, top_k=0, temperature=1.0, output_logits=True,
+        return_dict_in_generate=True, **stage.generation_kwargs())
+    T = rollout.completion_ids.shape[1]
+    assert torch.equal(out.sequences[:, -T:].masked_fill(~rollout.completion_mask, 0),
+                       rollout.completion_ids.masked_fill(~rollout.completion_mask, 0))
+    sampler = token_logprobs(torch.stack(out.logits, 1)[:, :T], rollout.completion_ids)
+    with torch.no_grad():
+        trainer = token_logprobs(stage.completion_logits(stage.model, rollout), rollout.completion_ids)
+    m = rollout.completion_mask
+    assert torch.allclose(sampler[m], trainer[m], atol=1e-4)
+    # the same check with each completion paired with its neighbour group's image fails
+    swapped = rollout.select(torch.arange(len(rollout.texts)))
+    swapped.image_index = 1 - swapped.image_index
+    with torch.no_grad():
+        wrong = token_logprobs(stage.completion_logits(stage.model, swapped), rollout.completion_ids)
+    assert not torch.allclose(sampler[m], wrong[m], atol=1e-4)
+
+
 @pytest.fixture
 def length_reward():
     """A reward a random model's completions differ in (their length), registered for one test."""

@@ -1,4 +1,4 @@
-"""Rollout plumbing: repeat each image G times, cut sampled sequences into masked completions.
+"""Rollout plumbing: share each image between its G completions, cut sampled sequences into masked completions.
 
 Shapes: B images, G completions per image, T completion tokens, N = B * G (see ``skinflow.rl``).
 Sequences are ordered image-major: rows b*G .. b*G + G - 1 belong to image b, so ``x.view(B, G, ...)`` regroups.
@@ -6,6 +6,7 @@ Sequences are ordered image-major: rows b*G .. b*G + G - 1 belong to image b, so
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,34 @@ def repeat_images(pixel_values: torch.Tensor, grid_thw: torch.Tensor, group: int
     return torch.cat([c for c in chunks for _ in range(group)]), grid_thw.repeat_interleave(group, dim=0)
 
 
+def shared_image_features(
+    encode: Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]],
+    pixel_values: torch.Tensor, grid_thw: torch.Tensor, image_index: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Encode each distinct image that ``image_index`` names once; return one feature tensor per sequence.
+
+    pixel_values (sum_b patches_b, D) and grid_thw (B, 3) hold the B images; image_index (n,) names the image of
+    each sequence. ``encode(pixels, grid)`` returns one tensor per image it was given. The n returned tensors
+    share storage (and autograd history) between sequences of the same image, so the vision encoder runs once
+    per image instead of G times, and its gradient is the sum over the image's sequences, exactly as if each
+    sequence had carried its own copy.
+
+    >>> calls = []
+    >>> def encode(px, grid):
+    ...     calls.append(len(grid))
+    ...     return px.split(grid.prod(-1).tolist())
+    >>> feats = shared_image_features(encode, torch.arange(3.0)[:, None], torch.tensor([[1, 1, 1], [1, 1, 2]]),
+    ...                               torch.tensor([1, 1, 0, 1]))
+    >>> [f.squeeze(1).tolist() for f in feats], calls
+    ([[1.0, 2.0], [1.0, 2.0], [0.0], [1.0, 2.0]], [2])
+    """
+    used = image_index.unique().tolist()  # sorted distinct images
+    chunks = pixel_values.split(grid_thw.prod(dim=-1).tolist())
+    features = encode(torch.cat([chunks[i] for i in used]), grid_thw[used])
+    by_image = dict(zip(used, features, strict=True))
+    return tuple(by_image[i] for i in image_index.tolist())
+
+
 def completion_mask(tokens: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, T) sampled tokens -> (mask (N, T) bool: up to and including the first eos, clipped (N,) bool: no eos).
 
@@ -38,28 +67,28 @@ def completion_mask(tokens: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, to
 
 @dataclass
 class Rollout:
-    """G sampled completions for each of B images, with what the loss needs. Tensors are flat over N = B*G."""
+    """G sampled completions for each of B images, with what the loss needs. Sequence tensors are flat over N = B*G;
+    the images are kept once each (``image_index`` names each sequence's image), so the vision encoder can run
+    once per image (``shared_image_features``)."""
 
     prompt_ids: torch.Tensor  # (N, Lp) left-padded
     prompt_mask: torch.Tensor  # (N, Lp)
-    pixel_values: torch.Tensor  # (G * patches, D)
-    image_grid_thw: torch.Tensor  # (N, 3)
+    pixel_values: torch.Tensor  # (sum_b patches_b, D): the B images, once each
+    image_grid_thw: torch.Tensor  # (B, 3)
+    image_index: torch.Tensor  # (N,) long: the image of each sequence (b for rows b*G .. b*G + G - 1)
     completion_ids: torch.Tensor  # (N, T), pad after the first eos
     completion_mask: torch.Tensor  # (N, T) bool
     clipped: torch.Tensor  # (N,) bool: hit max_new_tokens without eos
     texts: list[str]  # (N,)
-    group: int
 
     @property
-    def images(self) -> int:
-        return self.completion_ids.shape[0] // self.group
+    def sequence_grid_thw(self) -> torch.Tensor:
+        """(N, 3): each sequence's image grid (Qwen2.5-VL builds the 3-D rotary positions from it)."""
+        return self.image_grid_thw[self.image_index]
 
     def select(self, rows: torch.Tensor) -> "Rollout":
-        """The sequences ``rows`` (indices into N), with their images' patches."""
-        counts = self.image_grid_thw.prod(dim=-1)
-        chunks = self.pixel_values.split(counts.tolist())
-        idx = rows.tolist()
+        """The sequences ``rows`` (indices into N); the images stay as they are."""
         return Rollout(
-            self.prompt_ids[rows], self.prompt_mask[rows], torch.cat([chunks[i] for i in idx]), self.image_grid_thw[rows],
-            self.completion_ids[rows], self.completion_mask[rows], self.clipped[rows], [self.texts[i] for i in idx], 1,
+            self.prompt_ids[rows], self.prompt_mask[rows], self.pixel_values, self.image_grid_thw, self.image_index[rows],
+            self.completion_ids[rows], self.completion_mask[rows], self.clipped[rows], [self.texts[i] for i in rows.tolist()],
         )

@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics import MeanMetric, Metric
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from skinflow.data.formats import ParsedAnswer, Target, parse_answer
 from skinflow.data.ontology import ONTOLOGY
@@ -95,15 +96,30 @@ class SkinflowStage(LightningModule):
             self.load_trainable(init_from)
 
     # -- generation and evaluation ---------------------------------------------------------------------------
-    def model_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-                     image_grid_thw: torch.Tensor) -> dict:
+    def model_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
+                     image_grid_thw: torch.Tensor, image_features: tuple[torch.Tensor, ...] | None = None) -> dict:
         """Keyword arguments of the backbone's forward / generate. ``mm_token_type_ids`` marks image tokens, so
         the model builds Qwen2.5-VL's 3-D (t, h, w) rotary positions from the grid, the same in training and
-        generation; without it the forward falls back to 1-D positions that ignore left padding."""
-        return {
-            "input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
-            "image_grid_thw": image_grid_thw, "mm_token_type_ids": (input_ids == self.processor.image_token_id).int(),
+        generation; without it the forward falls back to 1-D positions that ignore left padding.
+
+        ``image_features`` (one tensor per sequence, e.g. from ``shared_image_features``) replaces
+        ``pixel_values``: the vision encoder then does not run inside the forward."""
+        inputs = {
+            "input_ids": input_ids, "attention_mask": attention_mask, "image_grid_thw": image_grid_thw,
+            "mm_token_type_ids": (input_ids == self.processor.image_token_id).int(),
         }
+        if image_features is not None:
+            inputs["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
+        else:
+            inputs["pixel_values"] = pixel_values
+        return inputs
+
+    @staticmethod
+    def encode_images(model: torch.nn.Module, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The vision encoder's output (merged patch embeddings), one tensor per image, of ``model`` (a PEFT
+        wrapper or the bare Qwen2.5-VL model; adapters and DVE state as they are)."""
+        core = model.get_base_model() if hasattr(model, "get_base_model") else model
+        return core.model.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
 
     def generation_kwargs(self) -> dict:
         tok = self.processor.tokenizer

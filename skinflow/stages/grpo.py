@@ -2,7 +2,8 @@
 
 One ``training_step`` per batch of B images (manual optimisation):
 
-1. sample G completions per image with HF ``generate`` (temperature, top-p, ``max_new_tokens``);
+1. sample G completions per image with HF ``generate`` (temperature, top-p, ``max_new_tokens``), each image
+   encoded once for its G completions (here and in every log-probability pass);
 2. score them with the configured rewards (``skinflow.rl.rewards``) -> (B, G);
 3. group advantages (std-normalised or mean-only), and the groups whose rewards all tie;
 4. log-probabilities of the reference (beta > 0: LoRA -> the same model with adapters off and DVE gains at 1;
@@ -21,6 +22,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
@@ -29,7 +31,7 @@ from skinflow.models.backbone import BackboneSpec
 from skinflow.models.dve import base_model_view
 from skinflow.rl.grpo import LOSS_WEIGHTS, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
 from skinflow.rl.rewards import RewardSpec, combined_reward
-from skinflow.rl.rollout import Rollout, completion_mask, repeat_images
+from skinflow.rl.rollout import Rollout, completion_mask, shared_image_features
 from skinflow.stages.base import SkinflowStage, adamw_with_schedule
 
 TABLE_ROWS = 32
@@ -128,30 +130,37 @@ class GRPOStage(SkinflowStage):
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
-        """G sampled completions per image, in eval mode (KV cache on even with gradient checkpointing)."""
+        """G sampled completions per image, in eval mode (KV cache on even with gradient checkpointing).
+
+        ``num_return_sequences=G`` lets ``generate`` encode each image once and expand the prompt, its image
+        features and cache G times (image-major, as ``skinflow.rl.rollout`` expects)."""
         G, hp = self.hparams.group_size, self.hparams
-        pixel_values, grid = repeat_images(batch["pixel_values"], batch["image_grid_thw"], G)
-        prompt_ids = batch["prompt_ids"].repeat_interleave(G, dim=0)  # (N, Lp)
-        prompt_mask = batch["prompt_mask"].repeat_interleave(G, dim=0)
+        B = batch["prompt_ids"].shape[0]
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(
-            **self.model_inputs(prompt_ids, prompt_mask, pixel_values, grid), do_sample=True,
-            temperature=hp.temperature, top_p=hp.top_p, top_k=0, **self.generation_kwargs(),
+            **self.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"]),
+            do_sample=True, num_return_sequences=G, temperature=hp.temperature, top_p=hp.top_p, top_k=0,
+            **self.generation_kwargs(),
         )
         self.model.train(was_training)
+        prompt_ids = batch["prompt_ids"].repeat_interleave(G, dim=0)  # (N, Lp)
         tokens = out[:, prompt_ids.shape[1]:]  # (N, T)
         mask, clipped = completion_mask(tokens, self.processor.tokenizer.eos_token_id)
         tokens = tokens.masked_fill(~mask, self.processor.tokenizer.pad_token_id)
-        return Rollout(prompt_ids, prompt_mask, pixel_values, grid, tokens, mask, clipped,
-                       self.processor.decode(tokens), G)
+        image_index = torch.arange(B, device=prompt_ids.device).repeat_interleave(G)  # (N,)
+        return Rollout(prompt_ids, batch["prompt_mask"].repeat_interleave(G, dim=0), batch["pixel_values"],
+                       batch["image_grid_thw"], image_index, tokens, mask, clipped, self.processor.decode(tokens))
 
     def completion_logits(self, model: torch.nn.Module, part: Rollout) -> torch.Tensor:
-        """Next-token logits at each completion position: (n, T, V)."""
+        """Next-token logits at each completion position: (n, T, V). Each distinct image of ``part`` goes through
+        ``model``'s vision encoder once (``shared_image_features``), not once per completion."""
         T = part.completion_ids.shape[1]
         ids = torch.cat([part.prompt_ids, part.completion_ids], dim=1)  # (n, Lp + T)
         mask = torch.cat([part.prompt_mask, part.completion_mask.long()], dim=1)
-        inputs = self.model_inputs(ids, mask, part.pixel_values, part.image_grid_thw)
+        features = shared_image_features(partial(self.encode_images, model), part.pixel_values, part.image_grid_thw,
+                                         part.image_index)
+        inputs = self.model_inputs(ids, mask, None, part.sequence_grid_thw, features)
         return model(**inputs, logits_to_keep=T + 1).logits[:, :-1]  # position t predicts token t+1
 
     @torch.no_grad()
