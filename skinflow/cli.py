@@ -6,6 +6,10 @@ The Lightning subcommands come from ``LightningCLI`` in subclass mode (any stage
 - ``synth --out DIR --per-class N --seed S``: write synthetic lesions and their CSV.
 - ``pipeline --config configs/pipeline/demo.yaml``: warmup -> Stage I -> Stage II -> test as MLflow child runs
   under one parent run (see ``skinflow.pipeline``).
+- ``ablate --config configs/ablation/paper_table.yaml``: the paper's ablation rows x seeds, resumable
+  (``skinflow.ablation``).
+- ``compare --experiment NAME --group-by row``: mean ± std over seeds from the MLflow store, CSV and bar chart
+  (``skinflow.analysis.compare``).
 """
 
 from __future__ import annotations
@@ -64,7 +68,19 @@ def pipeline_command(argv: list[str]) -> None:
     run(argv)
 
 
-KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command}
+def ablate_command(argv: list[str]) -> None:
+    from skinflow.ablation import ablate_command as run
+
+    run(argv)
+
+
+def compare_command(argv: list[str]) -> None:
+    from skinflow.analysis.compare import compare_command as run
+
+    run(argv)
+
+
+KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command, "ablate": ablate_command, "compare": compare_command}
 
 
 def main(argv: list[str] | None = None) -> None:

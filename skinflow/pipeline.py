@@ -16,7 +16,8 @@ path relative to the pipeline file) and may add CLI arguments::
 Every stage runs as a child MLflow run under one parent run. A stage starts from the checkpoint of the last stage
 that ran (``init_from``); the handed-over checkpoint holds only trainable weights and the backbone identity.
 After each stage its final weights are tested (``test: false`` turns it off), and a table of test metrics per
-stage is printed at the end and logged to the parent run (``summary.json`` table and ``<stage>/<metric>`` metrics).
+stage is printed at the end and logged to the parent run (``summary.json`` table; every test key of every stage as
+``<stage>/test/...``, and those of the last tested stage again as ``final/test/...``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +115,14 @@ def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = S
     return "\n".join(lines)
 
 
+def log_metrics(client, run_id: str, values: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    if values:
+        stamp = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, 0) for k, v in values.items()])
+
+
 @contextmanager
 def bare_argv():
     """LightningCLI warns when ``sys.argv`` carries arguments besides the ones it is given."""
@@ -124,8 +134,13 @@ def bare_argv():
         sys.argv = saved
 
 
-def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dict[str, list[str]] | None = None) -> dict:
-    """Run the stages; returns ``{"parent_run_id", "children": {stage: run_id}, "checkpoints", "table"}``."""
+def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dict[str, list[str]] | None = None,
+                 tags: dict[str, str] | None = None, all_args: list[str] | None = None) -> dict:
+    """Run the stages; returns ``{"parent_run_id", "children": {stage: run_id}, "checkpoints", "table"}``.
+
+    ``tags`` go on the parent run (the ablation grid's factors); ``all_args`` are added to every stage's CLI
+    arguments (a seed, the DVE switch: whatever all stages must agree on). The parent also gets ``final/<metric>``:
+    the test metrics of the last stage that ran, so pipelines with different stages compare on one key."""
     from skinflow.cli import lightning_cli
     from skinflow.tracking.mlflow import git_commit, open_experiment
 
@@ -136,13 +151,13 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     client, experiment_id, tracking_uri = open_experiment(pipeline.experiment_name, pipeline.tracking_uri, pipeline.artifact_location)
     parent = client.create_run(experiment_id, run_name=pipeline.run_name, tags={
         "skinflow.stage": "pipeline", "mlflow.source.git.commit": git_commit(),
-        "skinflow.pipeline": str(pipeline.source),
+        "skinflow.pipeline": str(pipeline.source), **(tags or {}),
     })
     parent_id = parent.info.run_id
     if pipeline.source is not None:
         client.log_text(parent_id, pipeline.source.read_text(), "pipeline.yaml")
     checkpoints_dir = Path(pipeline.checkpoint_dir) / parent_id
-    result = {"parent_run_id": parent_id, "children": {}, "checkpoints": {}, "table": {}}
+    result = {"parent_run_id": parent_id, "children": {}, "checkpoints": {}, "table": {}, "tests": {}}
     previous: Path | None = None
     try:
         for stage in pipeline.stages:
@@ -153,7 +168,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             child = client.create_run(experiment_id, run_name=stage.name, tags={"mlflow.parentRunId": parent_id})
             child_id = child.info.run_id
             result["children"][stage.name] = child_id
-            args = ["--config", str(stage.config), *stage.args, *extra_args.get(stage.name, []),
+            args = ["--config", str(stage.config), *stage.args, *(all_args or []), *extra_args.get(stage.name, []),
                     f"--trainer.logger.init_args.run_id={child_id}",
                     f"--trainer.logger.init_args.experiment_name={pipeline.experiment_name}",
                     f"--trainer.logger.init_args.tracking_uri={tracking_uri}",
@@ -182,12 +197,17 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             start = {k: metrics[f"start/{k}"] for k in SUMMARY_METRICS if f"start/{k}" in metrics}
             if start:
                 result["table"][f"{stage.name} (start)"] = start
-            for key, value in result["table"][stage.name].items():
-                client.log_metric(parent_id, f"{stage.name}/{key}", value)
+            tests = {k: v for k, v in metrics.items() if k.startswith("test/")}  # every test key, fairness included
+            result["tests"][stage.name] = tests
+            log_metrics(client, parent_id, {f"{stage.name}/{k}": v for k, v in tests.items()})
             previous = checkpoint
     except BaseException:
         client.set_terminated(parent_id, "FAILED")
         raise
+    tested = [name for name in result["children"] if result["tests"].get(name)]
+    if tested:
+        log_metrics(client, parent_id, {f"final/{k}": v for k, v in result["tests"][tested[-1]].items()})
+        client.set_tag(parent_id, "skinflow.final_stage", tested[-1])
     rows = list(result["table"])
     client.log_table(parent_id, {"stage": rows, **{k: [result["table"][r].get(k) for r in rows] for k in SUMMARY_METRICS}}, "summary.json")
     client.set_terminated(parent_id, "FINISHED")
