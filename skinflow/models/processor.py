@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 IMAGE_PAD = "<|image_pad|>"
+PLACEHOLDERS = (IMAGE_PAD, "<|video_pad|>")  # tokens the model reads as "vision features go here"
 
 
 @dataclass
@@ -25,6 +26,14 @@ class VisionLanguageProcessor:
     @property
     def image_token_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
+
+    @property
+    def placeholder_token_ids(self) -> list[int]:
+        """Ids of the image/video placeholders: never to be sampled (a completion holding one would no longer
+        match its image features)."""
+        unk = self.tokenizer.unk_token_id
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in PLACEHOLDERS]
+        return [i for i in ids if i is not None and i != unk]
 
     def chat_prompt(self, prompt: str, system: str | None = None) -> str:
         """The chat-formatted user turn with one image, ending where the assistant's answer starts."""

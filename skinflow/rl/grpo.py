@@ -59,9 +59,10 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
 
 
 def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Entropy of the next-token distribution: (..., T, V) -> (..., T), fp32."""
+    """Entropy of the next-token distribution: (..., T, V) -> (..., T), fp32. Tokens masked to -inf (never
+    sampled) contribute 0, not 0 * -inf."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    return -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

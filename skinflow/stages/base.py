@@ -123,7 +123,8 @@ class SkinflowStage(LightningModule):
 
     def generation_kwargs(self) -> dict:
         tok = self.processor.tokenizer
-        return {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id}
+        return {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+                "suppress_tokens": self.processor.placeholder_token_ids}
 
     @torch.no_grad()
     def generate_text(self, batch: dict) -> list[str]:

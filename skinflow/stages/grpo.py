@@ -161,7 +161,12 @@ class GRPOStage(SkinflowStage):
         features = shared_image_features(partial(self.encode_images, model), part.pixel_values, part.image_grid_thw,
                                          part.image_index)
         inputs = self.model_inputs(ids, mask, None, part.sequence_grid_thw, features)
-        return model(**inputs, logits_to_keep=T + 1).logits[:, :-1]  # position t predicts token t+1
+        logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1]  # position t predicts token t+1
+        # the sampler never draws the image/video placeholders (``generation_kwargs``): score with the same support
+        return logits.index_fill(-1, self.placeholder_ids(logits.device), float("-inf"))
+
+    def placeholder_ids(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor(self.processor.placeholder_token_ids, device=device, dtype=torch.long)
 
     @torch.no_grad()
     def reference_logprobs(self, part: Rollout) -> torch.Tensor:
