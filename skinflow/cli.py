@@ -10,6 +10,7 @@ The Lightning subcommands come from ``LightningCLI`` in subclass mode (any stage
   (``skinflow.ablation``).
 - ``compare --experiment NAME --group-by row``: mean ± std over seeds from the MLflow store, CSV and bar chart
   (``skinflow.analysis.compare``).
+- ``report --run-id ID``: a self-contained HTML page for a pipeline run (``skinflow.analysis.report``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,14 @@ def compare_command(argv: list[str]) -> None:
     run(argv)
 
 
-KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command, "ablate": ablate_command, "compare": compare_command}
+def report_command(argv: list[str]) -> None:
+    from skinflow.analysis.report import report_command as run
+
+    run(argv)
+
+
+KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command, "ablate": ablate_command, "compare": compare_command,
+                "report": report_command}
 
 
 def main(argv: list[str] | None = None) -> None:

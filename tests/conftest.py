@@ -36,3 +36,63 @@ def tiny():
     from skinflow.models.backbone import BackboneSpec, build_backbone
 
     return build_backbone(BackboneSpec())
+
+
+GRID_ROWS = [
+    {"name": "no-stage1-no-dve", "factors": {"stage1": "no", "dve": "off"}, "skip": ["stage1"]},
+    {"name": "stage1-no-dve", "factors": {"stage1": "yes", "dve": "off"}},
+    {"name": "stage1-dve", "factors": {"stage1": "yes", "dve": "on"}, "args": ["--model.init_args.backbone.dve.enabled=true"]},
+]
+
+
+def write_grid(folder: Path, rows: list[dict], seeds=(0, 1), name: str = "grid-test") -> Path:
+    """An ablation file over the demo pipeline with the fast test settings of every stage."""
+    import yaml
+
+    from tests.test_pipeline import COMMON, FAST
+
+    stage_args = {stage: [*COMMON, *args] for stage, args in FAST.items()}
+    rows = [dict(row, stage_args={k: v + row.get("stage_args", {}).get(k, []) for k, v in stage_args.items()}) for row in rows]
+    path = folder / "grid.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "pipeline": str(REPO / "configs/pipeline/demo.yaml"),
+                                    "seeds": list(seeds), "rows": rows}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ablation_grid(tmp_path_factory):
+    """The paper's three rows x 2 seeds on the tiny preset (fast settings), interrupted in its third cell and
+    resumed: ``{"folder", "uri", "first_calls", "second_calls", "first_error", "result", "failed_run"}``.
+    Shared by the ablation, notebook and compare tests (one grid run for all of them)."""
+    import skinflow.ablation as ablation_module
+
+    folder = tmp_path_factory.mktemp("grid")
+    grid = write_grid(folder, GRID_ROWS)
+    calls: list[str] = []
+    real_run = ablation_module.run_pipeline
+    interrupt = {"at": 3}
+
+    def run_pipeline(pipeline, skip, extra, tags, all_args):
+        calls.append(tags["skinflow.row"] + "/" + tags["skinflow.seed"])
+        if len(calls) == interrupt["at"]:  # stage2 of this cell dies: its parent run is left FAILED
+            extra = {**extra, "stage2": [*extra.get("stage2", []), "--trainer.max_steps=oops"]}
+        return real_run(pipeline, skip, extra, tags, all_args)
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    ablation_module.run_pipeline = run_pipeline
+    try:
+        try:
+            ablation_module.ablate_command(["--config", str(grid)])
+            first_error = None
+        except SystemExit as error:
+            first_error = error
+        first_calls = list(calls)
+        calls.clear()
+        interrupt["at"] = -1
+        result = ablation_module.ablate_command(["--config", str(grid)])
+    finally:
+        ablation_module.run_pipeline = real_run
+        os.chdir(cwd)
+    return {"folder": folder, "uri": f"sqlite:///{folder}/mlruns/mlflow.db", "first_calls": first_calls,
+            "second_calls": list(calls), "first_error": first_error, "result": result}

@@ -1,39 +1,21 @@
 """The ablation notebooks execute against a small grid (tiny preset) and agree with the compare command."""
 
-import json
-
 import nbformat
 import pandas as pd
 import pytest
-import yaml
 
-from skinflow.ablation import ablate_command
 from skinflow.analysis.compare import compare
 from skinflow.analysis.notebooks import execute, imported_modules
 from skinflow.analysis.tables import PAPER_COLUMNS
-from tests.conftest import REPO
-from tests.test_ablation import write_grid
+from tests.conftest import GRID_ROWS, REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-ROWS = [
-    {"name": "no-stage1-no-dve", "factors": {"stage1": "no", "dve": "off"}, "skip": ["stage1"]},
-    {"name": "stage1-no-dve", "factors": {"stage1": "yes", "dve": "off"}},
-    {"name": "stage1-dve", "factors": {"stage1": "yes", "dve": "on"}, "args": ["--model.init_args.backbone.dve.enabled=true"]},
-]
+ROWS = GRID_ROWS
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("grid")
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        ablate_command(["--config", str(write_grid(folder, ROWS))])
-    finally:
-        os.chdir(cwd)
-    return folder, f"sqlite:///{folder}/mlruns/mlflow.db"
+def grid(ablation_grid):
+    return ablation_grid["folder"], ablation_grid["uri"]
 
 
 def test_notebooks_are_committed_without_outputs_and_import_only_skinflow():

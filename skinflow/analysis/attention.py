@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback
 
+from skinflow.analysis.plotting import pyplot, save_figure
+
 
 def top_share(weights: torch.Tensor, fraction: float = 0.1) -> float:
     """Share of the total weight held by the largest ceil(fraction * n) entries.
@@ -93,11 +95,7 @@ def attention_maps(stage, batch: dict) -> list[torch.Tensor]:
 
 def overlay_png(image: np.ndarray, attention: torch.Tensor, path: str | Path, title: str = "") -> Path:
     """The image with the attention map (nearest-upsampled to the image) over it, and the map alone."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     heat = attention.cpu().numpy()
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
     height, width = image.shape[:2]
@@ -110,11 +108,7 @@ def overlay_png(image: np.ndarray, attention: torch.Tensor, path: str | Path, ti
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 class AttentionMaps(Callback):

@@ -138,12 +138,11 @@ def format_summary(summary: Summary, digits: int = 4) -> str:
 
 def bar_chart(summary: Summary, path: str | Path, title: str = "") -> Path:
     """Grouped bars (one cluster per metric, one bar per group) with ± std error bars, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    from skinflow.analysis.plotting import pyplot, save_figure
+
+    plt = pyplot()
     table = summary.table
     labels = [" / ".join(str(r[g]) for g in summary.groups) for r in table.to_dict("records")]
     x = np.arange(len(summary.metrics))
@@ -160,11 +159,7 @@ def bar_chart(summary: Summary, path: str | Path, title: str = "") -> Path:
     ax.legend(fontsize=8, title=" / ".join(summary.groups), title_fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def default_metrics(frame: pd.DataFrame) -> list[str]:

@@ -83,12 +83,11 @@ def skin_type_table(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, a
 
 def skin_type_chart(table: pd.DataFrame, path: str | Path | None = None, title: str = "graded Top-1 by skin type"):
     """Bars per Fitzpatrick type, one colour per row; saved as PNG when ``path`` is given. Returns the figure."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from skinflow.analysis.plotting import pyplot, save_figure
+
+    plt = pyplot(headless=path is not None)
 
     types = [c for c in table.columns if c.startswith("fst_")]
     x = np.arange(len(types))
@@ -103,6 +102,5 @@ def skin_type_chart(table: pd.DataFrame, path: str | Path | None = None, title: 
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, close=False)  # returned for the notebook to show
     return fig

@@ -1,0 +1,193 @@
+"""``python -m skinflow report --run-id ID``: one self-contained HTML page for a pipeline run (or a single run).
+
+The page holds, with every figure embedded as a base64 PNG (no file or network reference, so it can be mailed):
+
+- the metric table: test metrics per stage (``start`` rows for stages evaluated before training), from the store;
+- training curves per stage: loss, reward, KL, learning rate and validation scores against the step;
+- graded Top-1 per Fitzpatrick skin type per stage;
+- the attention overlays the ``AttentionMaps`` callback logged (last validation of each stage).
+
+    python -m skinflow report --run-id 5678bdb4... [--tracking-uri sqlite:///mlruns/mlflow.db] [--out report.html]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from skinflow.analysis.compare import CompareError, client_for
+from skinflow.analysis.plotting import pyplot
+from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI
+
+TABLE_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6",
+                 "test/malignant_miss_top1", "test/parse_failure", "test/graded_top1_by_fst/worst",
+                 "test/graded_top1_by_fst/gap")
+CURVES = ("train/loss", "reward/total", "rl/kl", "rl/entropy", "train/lr", "val/graded_top1", "val/reward/caption_fields",
+          "val/attention_top10_share")
+FST = [f"fst_{t}" for t in range(1, 7)]
+
+
+def png_data(fig) -> str:
+    plt = pyplot()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def report_runs(client, run_id: str) -> tuple[object, list]:
+    """The run and its stage runs: a pipeline parent's children in start order, or the run alone."""
+    run = client.get_run(run_id)
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    children = sorted(children, key=lambda r: r.info.start_time)
+    return run, children or [run]
+
+
+def metric_rows(stages: list) -> dict[str, dict[str, float]]:
+    rows = {}
+    for stage in stages:
+        metrics = stage.data.metrics
+        if any(f"start/{k}" in metrics for k in TABLE_METRICS):
+            rows[f"{stage.info.run_name} (start)"] = {k: metrics[f"start/{k}"] for k in TABLE_METRICS if f"start/{k}" in metrics}
+        rows[stage.info.run_name] = {k: metrics[k] for k in TABLE_METRICS if k in metrics}
+    return rows
+
+
+def table_html(rows: dict[str, dict[str, float]]) -> str:
+    head = "".join(f"<th>{html.escape(k.removeprefix('test/'))}</th>" for k in TABLE_METRICS)
+    body = []
+    for name, values in rows.items():
+        cells = "".join(f"<td>{values[k]:.4f}</td>" if k in values else "<td>–</td>" for k in TABLE_METRICS)
+        body.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    return f"<table><tr><th>stage</th>{head}</tr>{''.join(body)}</table>"
+
+
+def curves_figure(client, stage) -> str | None:
+    plt = pyplot()
+    series = {}
+    for key in CURVES:
+        if key in stage.data.metrics:
+            history = sorted(client.get_metric_history(stage.info.run_id, key), key=lambda m: m.step)
+            series[key] = ([m.step for m in history], [m.value for m in history])
+    if not series:
+        return None
+    cols = min(4, len(series))
+    rows = math.ceil(len(series) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, (key, (steps, values)) in zip(axes.flat, series.items()):
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None, lw=1)
+        ax.set_title(key, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(series):]:
+        ax.axis("off")
+    fig.suptitle(stage.info.run_name, fontsize=9)
+    fig.tight_layout()
+    return png_data(fig)
+
+
+def skin_type_figure(stages: list) -> str | None:
+    import numpy as np
+
+    plt = pyplot()
+    tested = [(s.info.run_name, s.data.metrics) for s in stages
+              if any(f"test/graded_top1_by_fst/{t}" in s.data.metrics for t in FST)]
+    if not tested:
+        return None
+    types = [t for t in FST if any(f"test/graded_top1_by_fst/{t}" in m for _, m in tested)]
+    x = np.arange(len(types))
+    width = 0.8 / len(tested)
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    for i, (name, metrics) in enumerate(tested):
+        values = [metrics.get(f"test/graded_top1_by_fst/{t}", np.nan) for t in types]
+        ax.bar(x + (i - (len(tested) - 1) / 2) * width, values, width, label=name)
+    ax.set_xticks(x, [t.replace("fst_", "type ") for t in types])
+    ax.set_ylabel("graded Top-1 (test)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return png_data(fig)
+
+
+def attention_images(client, stage, limit: int = 8) -> list[tuple[str, str]]:
+    """(name, data URI) of the overlays of the stage's last validation that logged any."""
+    try:
+        steps = [a.path for a in client.list_artifacts(stage.info.run_id, "attention") if a.is_dir]
+    except Exception:  # noqa: BLE001 - a run without artifacts
+        return []
+    if not steps:
+        return []
+    files = [a.path for a in client.list_artifacts(stage.info.run_id, sorted(steps)[-1]) if a.path.endswith(".png")][:limit]
+    out = []
+    with tempfile.TemporaryDirectory() as folder:
+        for path in files:
+            local = client.download_artifacts(stage.info.run_id, path, folder)
+            out.append((path, "data:image/png;base64," + base64.b64encode(Path(local).read_bytes()).decode()))
+    return out
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}img{max-width:100%}.grid img{width:320px;margin:4px}h2{margin-top:1.6em}
+.meta{color:#555;font-size:13px}"""
+
+
+def build_report(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
+    client = client_for(tracking_uri)
+    try:
+        run, stages = report_runs(client, run_id)
+    except Exception as error:  # noqa: BLE001 - MLflow raises its own exception types
+        raise CompareError(f"no run {run_id!r} in {client.tracking_uri}: {error}") from error
+    experiment = client.get_experiment(run.info.experiment_id).name
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.info.start_time / 1000))
+    minutes = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 60000
+    tags = run.data.tags
+    parts = [f"<h1>{html.escape(run.info.run_name or run_id)}</h1>",
+             f"<p class=meta>run {run_id} · experiment {html.escape(experiment)} · {run.info.status} · started {started} · "
+             f"{minutes:.1f} min · commit {html.escape(tags.get('mlflow.source.git.commit', 'unknown'))}"
+             + "".join(f" · {html.escape(k)}={html.escape(v)}" for k, v in sorted(tags.items())
+                       if k.startswith("skinflow.") or k in ("stage1", "dve")) + "</p>",
+             "<h2>Test metrics</h2>", table_html(metric_rows(stages))]
+    parts.append("<h2>Training curves</h2>")
+    for stage in stages:
+        figure = curves_figure(client, stage)
+        parts.append(f"<img alt='curves {html.escape(stage.info.run_name)}' src='{figure}'>" if figure
+                     else f"<p>{html.escape(stage.info.run_name)}: no curves logged</p>")
+    figure = skin_type_figure(stages)
+    parts += ["<h2>By skin type</h2>", f"<img alt='skin types' src='{figure}'>" if figure else "<p>no per-type metrics</p>"]
+    parts.append("<h2>Attention of the answer's first token</h2>")
+    for stage in stages:
+        images = attention_images(client, stage)
+        if images:
+            parts.append(f"<h3>{html.escape(stage.info.run_name)}</h3><div class=grid>"
+                         + "".join(f"<img alt='{html.escape(p)}' src='{uri}'>" for p, uri in images) + "</div>")
+    if not any("<h3>" in p for p in parts):
+        parts.append("<p>no attention overlays logged (add the AttentionMaps callback and validate)</p>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>skinflow report {run_id}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def report_command(argv: list[str]) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m skinflow report", description=__doc__.split("\n")[0])
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    parser.add_argument("--out", default=None, help="HTML file (default mlruns/reports/<run id>.html)")
+    parser.add_argument("--log-to-mlflow", action="store_true", help="also log the page to the run as report.html")
+    ns = parser.parse_args(argv)
+    try:
+        page = build_report(ns.run_id, ns.tracking_uri)
+    except CompareError as error:
+        parser.exit(2, f"report: {error}\n")
+    out = Path(ns.out or Path("mlruns") / "reports" / f"{ns.run_id}.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page)
+    if ns.log_to_mlflow:
+        client_for(ns.tracking_uri).log_artifact(ns.run_id, str(out))
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+    return out

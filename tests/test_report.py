@@ -1,0 +1,41 @@
+"""The report command: one self-contained HTML page whose numbers are the store's."""
+
+import re
+
+import pytest
+
+from skinflow.cli import main
+
+
+def test_report_of_a_pipeline_run(ablation_grid, tmp_path, capsys):
+    """On one cell of the session's ablation grid: a pipeline parent run with warmup, Stage I and Stage II."""
+    from mlflow import MlflowClient
+
+    uri = ablation_grid["uri"]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("grid-test").experiment_id
+    parent = client.search_runs([exp], "tags.`skinflow.row` = 'stage1-dve' and tags.`skinflow.seed` = '0' "
+                                       "and attributes.status = 'FINISHED'")[0]
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    result = {"parent_run_id": parent.info.run_id, "children": {c.info.run_name: c.info.run_id for c in children}}
+    assert set(result["children"]) == {"warmup", "stage1", "stage2"}
+    out = tmp_path / "report.html"
+    main(["report", "--run-id", result["parent_run_id"], "--tracking-uri", uri, "--out", str(out), "--log-to-mlflow"])
+    page = out.read_text()
+    # the table: each stage's test metrics, as stored, and the start rows of stages evaluated first
+    for stage, run_id in result["children"].items():
+        metrics = client.get_run(run_id).data.metrics
+        if "test/graded_top1" in metrics:
+            row = re.search(rf"<tr><th>{stage}</th>(.*?)</tr>", page).group(1)
+            assert f"<td>{metrics['test/graded_top1']:.4f}</td>" in row and f"<td>{metrics['test/top1_exact']:.4f}</td>" in row
+    assert "<tr><th>stage2 (start)</th>" in page
+    # figures are embedded: curves per stage, skin types, and the attention overlays the callback logged
+    images = re.findall(r"<img alt='([^']*)' src='data:image/png;base64,[A-Za-z0-9+/=]+'>", page)
+    assert {f"curves {s}" for s in result["children"]} <= set(images) and "skin types" in images
+    overlays = [i for i in images if i.startswith("attention/")]
+    assert overlays and all(i.endswith(".png") for i in overlays)
+    assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing outside the page
+    assert "report.html" in {a.path for a in client.list_artifacts(result["parent_run_id"])}
+    with pytest.raises(SystemExit):
+        main(["report", "--run-id", "0123abc", "--tracking-uri", uri, "--out", str(tmp_path / "x.html")])
+    assert "no run '0123abc'" in capsys.readouterr().err
