@@ -16,7 +16,9 @@ with child runs per stage, see ``skinflow.pipeline``) in the grid's experiment::
         args: ["--model.init_args.backbone.dve.enabled=true"]   # every stage (the handoff checks the backbone)
         stage_args: {stage2: ["--trainer.max_steps=60"]}        # one stage only
 
-A cell passes ``--seed_everything=<seed>`` to all its stages. Its parent run is tagged ``skinflow.ablation``,
+A cell's seed reaches every stage three ways: ``--seed_everything`` (sampling, dropout), the backbone's
+``seed`` (random initialisation of the tiny preset, LoRA and DVE heads) and the data's ``seed`` (shuffling,
+augmentation, prompt draws); the split stays the same across seeds. Its parent run is tagged ``skinflow.ablation``,
 ``skinflow.row``, ``skinflow.seed`` and the row's factors. Re-running the command skips every cell that already
 has a FINISHED parent run, so an interrupted grid resumes where it stopped; the unfinished parent of an
 interrupted cell (FAILED, or RUNNING after a hard kill) is marked KILLED and the cell runs again. At the end the
@@ -111,6 +113,11 @@ def load_ablation(path: str | Path) -> Ablation:
                     list(raw.get("metrics") or GRID_METRICS), path)
 
 
+def seed_args(seed: int) -> list[str]:
+    """CLI arguments that give every stage of a cell its seed (the split is not among them)."""
+    return [f"--seed_everything={seed}", f"--model.init_args.backbone.seed={seed}", f"--data.init_args.seed={seed}"]
+
+
 def cell_tags(ablation: Ablation, row: Row, seed: int) -> dict[str, str]:
     return {"skinflow.ablation": ablation.name, "skinflow.row": row.name, "skinflow.seed": str(seed), **row.factors}
 
@@ -158,7 +165,7 @@ def run_ablation(ablation: Ablation, only_rows: tuple[str, ...] = ()) -> dict:
         print(f"{label}: running")
         pipeline.run_name = f"{row.name}/seed{seed}"
         out = run_pipeline(pipeline, tuple(row.skip), row.stage_args, tags=cell_tags(ablation, row, seed),
-                           all_args=[*ablation.args, *row.args, f"--seed_everything={seed}"])
+                           all_args=[*ablation.args, *row.args, *seed_args(seed)])
         result["ran"].append((row.name, seed, out["parent_run_id"]))
     result["seconds"] = time.perf_counter() - start
     return result

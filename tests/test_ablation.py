@@ -39,8 +39,14 @@ def test_grid_runs_tags_resumes_after_an_interruption_and_summarises(ablation_gr
         for child in children:
             path = client.download_artifacts(child.info.run_id, "config.yaml", str(grid["folder"]))
             config = yaml.safe_load(open(path))
-            assert config["seed_everything"] == int(tags["skinflow.seed"])
+            seed = int(tags["skinflow.seed"])
+            assert config["seed_everything"] == seed and config["data"]["init_args"]["seed"] == seed
+            assert config["model"]["init_args"]["backbone"]["seed"] == seed
             assert config["model"]["init_args"]["backbone"]["dve"]["enabled"] == (tags["dve"] == "on")
+    # the seeds change the runs (initialisation, order, sampling), not only their tags
+    for row in ("no-stage1-no-dve", "stage1-dve"):
+        values = {r.data.metrics["stage2/test/reward/ranked_diagnosis"] for r in finished if r.data.tags["skinflow.row"] == row}
+        assert len(values) == 2
     # the grid's summary is the mean and std of the finished parents' final metrics (the KILLED one left out)
     table = result["summary"]["summary"].table.set_index("row")
     for row in ("no-stage1-no-dve", "stage1-no-dve", "stage1-dve"):

@@ -100,7 +100,10 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         split: ``random`` | ``a12`` | ``a34`` | ``a56`` | ``source_dermaamin`` | ``source_atlas`` | ``manifest``.
         val_fraction: share of validation rows (of the training side for holdout presets).
         test_fraction: share of test rows for ``random``.
-        split_seed: seed of the split.
+        split_seed: seed of the split (which image goes to train, val or test).
+        seed: seed of the training randomness: shuffling, augmentation and the ``mixed`` prompt draws; ``None``
+            uses ``split_seed``. Runs that differ only in ``seed`` see the same split in another order (the
+            ablation grid sets it per seed).
         split_manifest: CSV with ``md5hash,split`` columns for ``split: manifest``.
         labels: keep only these labels.
         min_images_per_label: drop labels with fewer images (after cleaning).
@@ -134,6 +137,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
+        seed: int | None = None,
         split_manifest: str | None = None,
         labels: list[str] | None = None,
         min_images_per_label: int = 0,
@@ -295,7 +299,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         differentials = {label: differential(label, candidates, counts) for label in df["label"].unique()}
         size = self.hparams.image_size
         transforms = {
-            "train": train_transform(size, self.hparams.colour_strength, self.hparams.split_seed) if self.hparams.augment else eval_transform(size),
+            "train": train_transform(size, self.hparams.colour_strength, self.training_seed) if self.hparams.augment else eval_transform(size),
             "val": eval_transform(size), "test": eval_transform(size),
         }
         captions = self._captions(df["md5hash"])
@@ -347,6 +351,10 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         return keep
 
     # -- loaders ---------------------------------------------------------------------------------------------
+    @property
+    def training_seed(self) -> int:
+        return self.hparams.split_seed if self.hparams.seed is None else self.hparams.seed
+
     def collator(self, split: str = "train") -> VisionLanguageCollator:
         processor = self.processor
         if processor is None and self.trainer is not None:
@@ -356,14 +364,14 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         prompt = self.hparams.prompt
         if prompt == MIXED and split != "train":
             prompt = "warmup"  # evaluation asks for caption and answer
-        return VisionLanguageCollator(processor, prompt, self.hparams.with_caption, seed=self.hparams.split_seed)
+        return VisionLanguageCollator(processor, prompt, self.hparams.with_caption, seed=self.training_seed)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         batch = self.hparams.batch_size if name == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
         return DataLoader(
             self.splits[name], batch_size=batch, shuffle=shuffle, num_workers=self.hparams.num_workers,
             collate_fn=self.collator(name), drop_last=False, persistent_workers=self.hparams.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.hparams.split_seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.training_seed) if shuffle else None,
         )
 
     def train_dataloader(self) -> DataLoader:
