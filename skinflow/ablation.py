@@ -119,7 +119,8 @@ def seed_args(seed: int) -> list[str]:
 
 
 def cell_tags(ablation: Ablation, row: Row, seed: int) -> dict[str, str]:
-    return {"skinflow.ablation": ablation.name, "skinflow.row": row.name, "skinflow.seed": str(seed), **row.factors}
+    return {"skinflow.ablation": ablation.name, "skinflow.row": row.name, "skinflow.seed": str(seed),
+            "skinflow.row_index": str(ablation.rows.index(row)), **row.factors}
 
 
 def existing_cells(client, experiment_id: str, ablation: str) -> dict[tuple[str, str], list]:

@@ -27,9 +27,15 @@ FST = [f"fst_{t}" for t in range(1, 7)]
 
 
 def grid_runs(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None) -> pd.DataFrame:
-    """The FINISHED parent runs of an ablation grid (tag ``skinflow.ablation``, default: the experiment name)."""
+    """The FINISHED parent runs of an ablation grid (tag ``skinflow.ablation``, default: the experiment name),
+    in the grid file's row order (tag ``skinflow.row_index``), then by seed."""
     client = client_for(tracking_uri)
-    return runs_frame(client, experiment, f"tags.`skinflow.ablation` = '{ablation or experiment}'")
+    frame = runs_frame(client, experiment, f"tags.`skinflow.ablation` = '{ablation or experiment}'")
+    if frame.empty:
+        return frame
+    order = [c for c in ("tags.skinflow.row_index", "tags.skinflow.seed") if c in frame.columns]
+    keys = frame[order].apply(pd.to_numeric, errors="coerce") if order else None
+    return frame.loc[keys.sort_values(order).index] if order else frame
 
 
 def paper_table(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None) -> pd.DataFrame:
