@@ -125,17 +125,13 @@ def cell_tags(ablation: Ablation, row: Row, seed: int) -> dict[str, str]:
 
 def existing_cells(client, experiment_id: str, ablation: str) -> dict[tuple[str, str], list]:
     """Parent runs of the grid so far, by (row, seed)."""
+    from skinflow.tracking.mlflow import search_all_runs
+
     found: dict[tuple[str, str], list] = {}
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], filter_string=f"tags.`skinflow.ablation` = '{ablation}'",
-                                  max_results=1000, page_token=token)
-        for run in page:
-            key = (run.data.tags.get("skinflow.row", ""), run.data.tags.get("skinflow.seed", ""))
-            found.setdefault(key, []).append(run)
-        token = page.token
-        if not token:
-            return found
+    for run in search_all_runs(client, [experiment_id], f"tags.`skinflow.ablation` = '{ablation}'"):
+        key = (run.data.tags.get("skinflow.row", ""), run.data.tags.get("skinflow.seed", ""))
+        found.setdefault(key, []).append(run)
+    return found
 
 
 def run_ablation(ablation: Ablation, only_rows: tuple[str, ...] = ()) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, resolve_tracking_uri
+from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, resolve_tracking_uri, search_all_runs
 
 DEFAULT_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/malignant_miss_top1")
 COMPARE_TAG = "compare"  # value of skinflow.stage on the runs this command logs (never compared themselves)
@@ -48,23 +48,18 @@ def runs_frame(client, experiment: str, filter_string: str = "", status: str | N
     """One row per run: ``run_id``, ``run_name``, ``status``, then ``tags.<k>``, ``params.<k>``, ``metrics.<k>``
     (the latest value of each metric). Runs this command logged are left out."""
     exp_id = experiment_id(client, experiment)
-    rows, token = [], None
-    while True:
-        page = client.search_runs([exp_id], filter_string=filter_string, max_results=1000, page_token=token)
-        for run in page:
-            if run.data.tags.get("skinflow.stage") == COMPARE_TAG:
-                continue
-            if status and run.info.status != status:
-                continue
-            row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
-                   "start_time": run.info.start_time}
-            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
-            row.update({f"params.{k}": v for k, v in run.data.params.items()})
-            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-            rows.append(row)
-        token = page.token
-        if not token:
-            break
+    rows = []
+    for run in search_all_runs(client, [exp_id], filter_string):
+        if run.data.tags.get("skinflow.stage") == COMPARE_TAG:
+            continue
+        if status and run.info.status != status:
+            continue
+        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
+               "start_time": run.info.start_time}
+        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+        row.update({f"params.{k}": v for k, v in run.data.params.items()})
+        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

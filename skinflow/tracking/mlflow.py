@@ -70,6 +70,17 @@ def open_experiment(experiment_name: str, tracking_uri: str = DEFAULT_TRACKING_U
     return client, experiment_id, tracking_uri
 
 
+def search_all_runs(client, experiment_ids: list[str], filter_string: str = ""):
+    """Every run matching ``filter_string``, following MLflow's pages (search_runs returns at most 1,000 a call)."""
+    token = None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 class SkinflowMLFlowLogger(MLFlowLogger):
     """``MLFlowLogger`` with the kit's store defaults; creates ``./mlruns`` on first use."""
 
