@@ -60,6 +60,9 @@ def test_every_pipeline_loads_and_its_stages_parse(path):
     assert all(b == backbones[0] for b in backbones)  # one backbone: every handoff passes the identity check
     if "qwen" in path.name:
         assert [c["model"]["init_args"]["lr"] for c in stages[-2:]] == [1e-6, 5e-7]  # the paper's learning rates
+    else:  # the tiny model learns the caption schema only from warmup targets: the warmup Stage I starts from has them
+        data = stages[-3]["data"]["init_args"]  # (the real-sample grid once ended on answer-only targets: Stage I a no-op)
+        assert data["prompt"] == "mixed" and (data["csv_path"] is None or data.get("captions_path"))
 
 
 def test_7b_recipe_builds_on_meta_without_download():
