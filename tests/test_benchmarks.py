@@ -46,3 +46,35 @@ def test_grpo_vs_trl_refuses_clearly_without_trl_or_prints_a_ratio():
     out = run("grpo_vs_trl.py", "--rounds", "1", "--steps", "2", "--data", str(REPO / ".cache/skinflow/bench-grpo-test"))
     last = out.strip().splitlines()[-1]
     assert last.startswith("ratio skinflow/TRL") and float(last.split()[-1]) > 0
+
+
+def test_learning_over_seeds_reads_each_cells_start_and_end_from_the_store(ablation_grid):
+    """The script's per-seed gains are the child runs' (end - start) in the store; its summary is their mean."""
+    import re
+    import statistics
+
+    from mlflow import MlflowClient
+
+    from skinflow.analysis.runs import cell_runs
+
+    folder, uri = ablation_grid["folder"], ablation_grid["uri"]
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learning_over_seeds.py"), "--config",
+                          str(folder / "grid.yaml"), "--no-run"], capture_output=True, text=True, timeout=600, cwd=folder)
+    assert out.returncode == 0, out.stderr[-2000:]
+    client = MlflowClient(uri)
+    for row in ("stage1-no-dve", "no-stage1-no-dve"):
+        section = out.stdout.split(f"grid-test / {row}:")[1].split("grid-test / ")[0]
+        gains = []
+        for seed in (0, 1):
+            children = cell_runs("grid-test", row, seed, uri)
+            assert ("stage1" in children) == (row == "stage1-no-dve")  # the no-Stage-I row has no Stage I run
+            stage2 = client.get_run(children["stage2"]).data.metrics
+            start, end = stage2["start/test/graded_top6"], stage2["test/graded_top6"]
+            line = re.search(rf"seed {seed}  stage2 test graded_top6 +(\S+) -> (\S+)  \((\S+)\)", section)
+            assert line, section
+            assert [float(v) for v in line.groups()] == [round(start, 4), round(end, 4), round(end - start, 4)]
+            gains.append(end - start)
+            assert (f"seed {seed}  stage1 val caption_fields" in section) == (row == "stage1-no-dve")
+        mean = re.search(r"stage2 test graded_top6: gain (\S+) ± (\S+) over 2 seeds, improved in (\d)/2", section)
+        assert mean and float(mean.group(1)) == round(statistics.mean(gains), 4)
+        assert int(mean.group(3)) == sum(g > 0 for g in gains)
