@@ -10,7 +10,8 @@ same images (``evaluate_start``):
 - Stage I: greedy ``caption_fields`` reward on the validation images (``val/reward/caption_fields``);
 - Stage II: test graded top-6 (the score its reward optimises), graded top-1, top-1, malignant-miss rate.
 
-Last: mean ± std of each gain over seeds, how many seeds gained, and the test's margin beside it.
+Last: mean ± std of each gain over seeds, how many seeds gained, and the demo test's margin beside it. (The
+demo test runs the pipeline's own seeds, not ``seed_args``; its trajectory need not equal any seed here.)
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def summary_lines(per_seed: dict[int, dict[str, tuple[float, float]]]) -> list[s
             continue
         std = statistics.stdev(gains) if len(gains) > 1 else float("nan")
         better = sum(g < 0 for g in gains) if "malignant" in label else sum(g > 0 for g in gains)
-        stated = f"; test margin {margin:+.3f} (seed 0)" if margin is not None else ""
+        stated = f"; the demo test's margin {margin:+.3f}" if margin is not None else ""
         lines.append(f"{label}: gain {statistics.mean(gains):+.4f} ± {std:.4f} over {len(gains)} seeds, "
                      f"improved in {better}/{len(gains)}{stated}")
     return lines
