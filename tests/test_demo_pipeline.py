@@ -1,16 +1,19 @@
 """The README's demo, run as a test so it cannot go stale: the pipeline (warmup -> Stage I -> Stage II -> test)
 on synthetic lesions with the tiny model, with fixed seeds. Chance on these 15 labels: top-1 1/15.
 
-Learning claims, each against the stage's own starting checkpoint evaluated on the same images and prompt
-(``evaluate_start``), by a stated margin:
-- Stage I raises the mean ``caption_fields`` reward of greedy captions on the validation images. Measured with
-  this code: 0.5828 -> 0.5872 (+0.0044). The gain is small and trajectory-dependent: earlier code (same config,
-  other sampling details) gave +0.019, the same start with 150 steps +0.0105, in isolation +0.034. The margin
-  states what is reliably there, not what we would like.
-- Stage II raises graded top-6 on the test images, the score its reward optimises (graded, rank-discounted credit
-  over the six-entry differential): measured 0.6021 -> 0.6165 (+0.014; an earlier trajectory +0.007).
-- Stage II raising graded top-1 is NOT met on the tiny model (measured 0.5553 -> 0.5491; earlier 0.575 ->
-  0.569): a strict xfail, so it turns red when it starts to hold.
+The seeds are fixed but the trajectory is not the same on every machine: float rounding differs between CPUs and
+RL sampling amplifies it. Two machines gave two trajectories of this same test (Stage I caption reward 0.5828 ->
+0.5872 on one, 0.6133 -> 0.5828 on the other). So the claims below are only those that held on every trajectory
+measured: both machines' runs of this test and seeds 0, 1, 2 of ``python benchmarks/learning_over_seeds.py``
+(gains over each stage's own start, evaluated on the same images):
+
+- Stage II raises graded top-6 on the test images, the score its reward optimises: +0.014, +0.073, +0.008, +0.098.
+  Margin +0.005.
+- Stage II keeps graded top-1 (-0.006, +0.040, -0.015, +0.061) and Stage I keeps the validation caption reward
+  (+0.004, -0.031, -0.011, +0.014) near their starts. These are guards against a stage that wrecks what it does not
+  (reliably) improve, not learning claims.
+- NOT claimed, because it does not hold: Stage I raising the caption reward (up in 2 of the 4 runs, mean about
+  -0.006). Graded top-1 rises on average but not in every run.
 """
 
 import pytest
@@ -18,9 +21,9 @@ import pytest
 from tests.conftest import REPO
 
 WARMUP_TOP1_BAR = 0.30
-STAGE1_CAPTION_MARGIN = 0.004
-STAGE2_GRADED_TOP6_MARGIN = 0.01
-STAGE2_GRADED_MARGIN = 0.01
+STAGE2_GRADED_TOP6_MARGIN = 0.005
+STAGE1_CAPTION_TOLERANCE = 0.06   # largest drop measured: 0.031
+STAGE2_GRADED_TOLERANCE = 0.03    # largest drop measured: 0.015
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +51,13 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_demo_warmup_learns_and_stage1_raises_the_caption_reward(demo):
+def test_demo_warmup_learns_and_stage1_trains_without_losing_the_captions(demo):
     warmup, stage1 = demo["warmup"], demo["stage1"]
     assert warmup["test/top1_exact"] >= WARMUP_TOP1_BAR
     assert warmup["test/graded_top1"] >= warmup["test/top1_exact"]  # credit >= exact hits
     assert warmup["test/parse_failure"] <= 0.05
-    assert stage1["val/reward/caption_fields"] >= stage1["start/val/reward/caption_fields"] + STAGE1_CAPTION_MARGIN
+    assert stage1["rl/frac_zero_std_groups"] < 0.5  # its groups disagree: GRPO has a signal to follow
+    assert stage1["val/reward/caption_fields"] >= stage1["start/val/reward/caption_fields"] - STAGE1_CAPTION_TOLERANCE
 
 
 @pytest.mark.slow
@@ -70,7 +74,6 @@ def test_demo_stage2_raises_graded_top6(demo):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Stage II does not yet raise test graded top-1 on the tiny demo (0.555 -> 0.549)")
-def test_demo_stage2_raises_the_graded_score(demo):
+def test_demo_stage2_keeps_graded_top1(demo):
     stage2 = demo["stage2"]
-    assert stage2["test/graded_top1"] >= stage2["start/test/graded_top1"] + STAGE2_GRADED_MARGIN
+    assert stage2["test/graded_top1"] >= stage2["start/test/graded_top1"] - STAGE2_GRADED_TOLERANCE
