@@ -4,14 +4,14 @@
 
 Runs the grid of the ablation file (resumable: finished cells are reused, so a second call only prints), then
 reads, for every finished cell, the child runs of Stage I and Stage II and prints the gains the demo test
-(tests/test_demo_pipeline.py) states for seed 0, each against the stage's starting checkpoint evaluated on the
-same images (``evaluate_start``):
+(tests/test_demo_pipeline.py) measures, each against the stage's starting checkpoint evaluated on the same images
+(``evaluate_start``):
 
 - Stage I: greedy ``caption_fields`` reward on the validation images (``val/reward/caption_fields``);
 - Stage II: test graded top-6 (the score its reward optimises), graded top-1, top-1, malignant-miss rate.
 
-Last: mean ± std of each gain over seeds, how many seeds gained, and the demo test's margin beside it. (The
-demo test runs the pipeline's own seeds, not ``seed_args``; its trajectory need not equal any seed here.)
+Last: mean ± std of each gain over seeds, how many seeds gained, and the demo test's margin beside it. Seed 0
+is the demo test's own trajectory on the same machine (measured: equal to four decimals).
 """
 
 from __future__ import annotations
