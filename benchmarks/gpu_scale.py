@@ -71,9 +71,10 @@ def main() -> None:
     device = "gpu" if torch.cuda.is_available() and not ns.tiny else "cpu"
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    stage = GRPOStage(spec, rewards=[RewardSpec("ranked_diagnosis"), RewardSpec("format", 0.1)], stage="stage2",
-                      group_size=ns.group, max_new_tokens=ns.new_tokens, micro_batch_size=ns.micro_batch,
-                      beta=0.04, lr=5e-7, drop_tied_groups=False, table_every=0)
+    with torch.device("cuda" if device == "gpu" else "cpu"):  # random init where the step runs: seconds, not minutes
+        stage = GRPOStage(spec, rewards=[RewardSpec("ranked_diagnosis"), RewardSpec("format", 0.1)], stage="stage2",
+                          group_size=ns.group, max_new_tokens=ns.new_tokens, micro_batch_size=ns.micro_batch,
+                          beta=0.04, lr=5e-7, drop_tied_groups=False, table_every=0)
     print(f"built backbone in {time.perf_counter() - t0:.0f} s: {count_parameters(stage.model) / 1e9:.2f} B parameters, "
           f"{count_parameters(stage.model, True) / 1e6:.1f} M trainable (LoRA + DVE heads)")
     rng = np.random.default_rng(0)

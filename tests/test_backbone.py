@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from skinflow.models.backbone import BackboneSpec, LoRASpec, build_backbone, build_model, count_parameters
+from skinflow.models.dve import DVESpec
 
 
 def batch_for(processor, n=2, seed=0):
@@ -60,6 +61,16 @@ def test_7b_builds_on_meta_without_download():
     assert 8.2e9 < count_parameters(model) < 8.4e9
     assert model.config.vision_config.fullatt_block_indexes == [7, 15, 23, 31]
     assert next(model.parameters()).device.type == "meta"
+
+
+def test_random_init_builds_under_the_ambient_device_with_lora_and_dve():
+    """``benchmarks/gpu_scale.py`` builds the 7B shape inside ``with torch.device("cuda")``; meta stands in here."""
+    spec = BackboneSpec(lora=LoRASpec(r=4), dve=DVESpec(enabled=True))
+    with torch.device("meta"):
+        model, _ = build_backbone(spec)
+    devices = {p.device.type for p in model.parameters()}
+    assert devices == {"meta"}
+    assert any("lora_A" in n for n, p in model.named_parameters() if p.requires_grad)
 
 
 def test_non_tiny_preset_refuses_random_weights_unless_asked():

@@ -14,6 +14,7 @@ Plain ``nn.Module`` code: no Lightning import here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -192,7 +193,8 @@ def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device |
     else:
         config = preset_config(spec, tokenizer)
         torch.manual_seed(spec.seed)
-        with torch.device(device or "cpu"):
+        # no device given: the ambient one (``with torch.device("cuda")`` builds a 7B shape on the GPU directly)
+        with contextlib.nullcontext() if device is None else torch.device(device):
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -197,7 +197,7 @@ class SkinflowStage(LightningModule):
     def teacher_forced_loss(self, batch: dict, content_weight: float = 1.0) -> torch.Tensor:
         """Cross-entropy of the target tokens, content tokens weighted by ``content_weight`` (1: plain mean)."""
         inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
-        logits = self.model(**inputs).logits
+        logits = self.model(**inputs, use_cache=False).logits  # scoring only: no KV cache
         return weighted_token_loss(logits, batch["labels"], batch["content_mask"], content_weight)
 
     # -- checkpoints -----------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class GRPOStage(SkinflowStage):
         features = shared_image_features(partial(self.encode_images, model), part.pixel_values, part.image_grid_thw,
                                          part.image_index)
         inputs = self.model_inputs(ids, mask, None, part.sequence_grid_thw, features)
-        logits = model(**inputs, logits_to_keep=T + 1).logits[:, :-1]  # position t predicts token t+1
+        logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1]  # position t predicts token t+1
         # the sampler never draws the image/video placeholders (``generation_kwargs``): score with the same support
         return logits.index_fill(-1, self.placeholder_ids(logits.device), float("-inf"))
 
