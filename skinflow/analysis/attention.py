@@ -82,7 +82,7 @@ def attention_maps(stage, batch: dict) -> list[torch.Tensor]:
     core.set_attn_implementation("eager")
     try:
         inputs = stage.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
-        model(**inputs, logits_to_keep=1)
+        model(**inputs, logits_to_keep=1, use_cache=False)  # attention rows only: no KV cache
     finally:
         for hook in hooks:
             hook.remove()
