@@ -159,6 +159,30 @@ def parse_answer(text: str, k: int = MAX_RANKS) -> ParsedAnswer:
     return ParsedAnswer(tuple(labels), status, unknown, entries)
 
 
+def caption_line_spans(text: str) -> dict[str, tuple[int, int]]:
+    """Character span (start, end, the newline included) of the line each field is read from by ``parse_caption``:
+    the first line of the caption block that names the field and gives it a value. Fields without one are absent.
+
+    >>> text = "<caption>\\ncolour: red\\nshape: round\\n</caption>"
+    >>> {k: text[a:b] for k, (a, b) in caption_line_spans(text).items()}
+    {'colour': 'colour: red\\n', 'shape': 'shape: round\\n'}
+    """
+    if not isinstance(text, str):
+        return {}
+    match = _BLOCK["caption"].search(text)
+    if match is None:
+        return {}
+    spans: dict[str, tuple[int, int]] = {}
+    start = match.start(1)
+    for line in match.group(1).splitlines(keepends=True):
+        name, sep, value = line.partition(":")
+        name = " ".join(name.strip().lower().split())
+        if sep and name in CAPTION_FIELDS and name not in spans and value.strip():
+            spans[name] = (start, start + len(line))
+        start += len(line)
+    return spans
+
+
 def parse_caption(text: str) -> tuple[dict[str, str], str]:
     """Parse the caption block into ``{field: value}`` for the schema's fields, plus a status. Never raises."""
     if not isinstance(text, str):

@@ -75,10 +75,11 @@ def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: to
                       eps_low: float, eps_high: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token PPO surrogate loss and whether clipping was active.
 
-    logp, old_logp (B, G, T); advantages (B, G). Returns (loss (B, G, T), clipped (B, G, T) bool).
+    logp, old_logp (B, G, T); advantages (B, G), or (B, G, T) per token (``skinflow.rl.credit``). Returns
+    (loss (B, G, T), clipped (B, G, T) bool).
     """
     ratio = torch.exp(logp - old_logp)  # (B, G, T)
-    adv = advantages.unsqueeze(-1)  # (B, G, 1)
+    adv = advantages if advantages.dim() == logp.dim() else advantages.unsqueeze(-1)  # (B, G, T) or (B, G, 1)
     unclipped = ratio * adv
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high) * adv
     return -torch.minimum(unclipped, clipped), clipped < unclipped
@@ -114,7 +115,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tens
                 weights: torch.Tensor, eps_low: float, eps_high: float, beta: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate + beta * k3 KL, aggregated by ``weights`` (from ``LOSS_WEIGHTS``).
 
-    logp, old_logp, ref_logp, weights (B, G, T); advantages (B, G). ``ref_logp`` may be None when beta = 0.
+    logp, old_logp, ref_logp, weights (B, G, T); advantages (B, G) or (B, G, T). ``ref_logp`` may be None when beta = 0.
     Returns the scalar loss and detached token sums over this slice (tokens with weight > 0): ``tokens``,
     ``clipped`` (tokens where clipping was active) and ``kl`` (sum of k3, when beta > 0). Summed over micro-batches
     they give rollout token means.

@@ -94,12 +94,17 @@ def field_agreement(name: str, predicted: str | None, reference: str) -> float:
     return token_f1(predicted, reference)
 
 
+def reference_fields(target: Target) -> dict[str, str]:
+    """The schema fields the reference caption gives a value (empty for free text or no caption)."""
+    return {k: v for k, v in (target.caption or {}).items() if k in CAPTION_FIELDS and v}
+
+
 @register("caption_fields")
 def caption_fields_reward(completions: list[str], targets: list[Target]) -> torch.Tensor:
     """Per-field agreement with the reference caption (see the module docstring). Range [0, 1]."""
     out = []
     for text, target in zip(completions, targets):
-        reference = {k: v for k, v in (target.caption or {}).items() if k in CAPTION_FIELDS and v}
+        reference = reference_fields(target)
         fields, _ = parse_caption(text)
         free_text = (target.caption or {}).get(FREE_TEXT)
         if not reference and free_text:
@@ -110,6 +115,23 @@ def caption_fields_reward(completions: list[str], targets: list[Target]) -> torc
             continue
         out.append(sum(field_agreement(k, fields.get(k), v) for k, v in reference.items()) / len(reference))
     return torch.tensor(out)
+
+
+def caption_field_scores(completions: list[str], targets: list[Target]) -> torch.Tensor:
+    """The terms of ``caption_fields``: (N, F) agreement of each schema field (``CAPTION_FIELDS`` order), NaN
+    where the reference has no value for the field. For a structured reference the reward is the row's mean over
+    its non-NaN entries; free-text references and missing captions give all-NaN rows (nothing to split)."""
+    rows = []
+    for text, target in zip(completions, targets):
+        reference = reference_fields(target)
+        fields, _ = parse_caption(text)
+        rows.append([field_agreement(k, fields.get(k), reference[k]) if k in reference else float("nan")
+                     for k in CAPTION_FIELDS])
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(CAPTION_FIELDS))
+
+
+# Rewards that are a mean of per-field terms, and the function giving those terms: what ``credit: field`` splits.
+FIELD_TERMS: dict[str, Callable[[list[str], list[Target]], torch.Tensor]] = {"caption_fields": caption_field_scores}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ One ``training_step`` per batch of B images (manual optimisation):
 1. sample G completions per image with HF ``generate`` (temperature, top-p, ``max_new_tokens``), each image
    encoded once for its G completions (here and in every log-probability pass);
 2. score them with the configured rewards (``skinflow.rl.rewards``) -> (B, G);
-3. group advantages (std-normalised or mean-only), and the groups whose rewards all tie;
+3. group advantages (std-normalised or mean-only), one per completion or, with ``credit: field``, one per token
+   (each caption line gets its own field's term, ``skinflow.rl.credit``), and the groups with no signal;
 4. log-probabilities of the reference (beta > 0: LoRA -> the same model with adapters off and DVE gains at 1;
    full training -> a frozen copy of the starting policy) and, for mu > 1, of the sampling policy;
 5. mu optimisation passes over the same rollout, each one optimizer step, the rollout split into micro-batches
@@ -30,7 +31,8 @@ from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
 from skinflow.models.dve import base_model_view
 from skinflow.rl.grpo import LOSS_WEIGHTS, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
-from skinflow.rl.rewards import RewardSpec, combined_reward
+from skinflow.rl.credit import completion_token_fields, field_token_advantages, tied_field_groups
+from skinflow.rl.rewards import FIELD_TERMS, RewardSpec, combined_reward
 from skinflow.rl.rollout import Rollout, completion_mask, shared_image_features
 from skinflow.stages.base import SkinflowStage, adamw_with_schedule
 
@@ -60,6 +62,9 @@ class GRPOStage(SkinflowStage):
             When every group of a batch ties there is no policy signal: with beta > 0 the step runs on the KL
             term alone over all groups (so every batch is an optimizer step and ``max_steps`` counts batches);
             with beta = 0 it is skipped (``rl/skipped_step``) and does not count toward ``max_steps``.
+        credit: ``sequence`` (GRPO: every token of a completion gets its advantage) or ``field`` (the tokens of
+            each caption line get the advantage of that field's term of ``caption_fields``; mean-only advantages;
+            see ``skinflow.rl.credit``). With ``field`` a group is tied only when its total and every field tie.
         lr: AdamW learning rate (constant after ``warmup_steps``).
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warmup in optimizer steps.
@@ -86,6 +91,7 @@ class GRPOStage(SkinflowStage):
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
         drop_tied_groups: bool = True,
+        credit: str = "sequence",
         lr: float = 1e-6,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -102,6 +108,18 @@ class GRPOStage(SkinflowStage):
             raise ValueError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
         super().__init__(backbone, max_new_tokens, init_from, grading)
         self.rewards = list(rewards or [RewardSpec("ranked_diagnosis")])
+        if credit not in ("sequence", "field"):
+            raise ValueError(f"credit={credit!r} is not 'sequence' or 'field'")
+        self.split_reward = None  # the reward whose field terms get field-level credit
+        if credit == "field":
+            splittable = [r for r in self.rewards if r.name in FIELD_TERMS]
+            if len(splittable) != 1:
+                raise ValueError(f"credit='field' needs exactly one reward with field terms ({sorted(FIELD_TERMS)}); "
+                                 f"rewards are {[r.name for r in self.rewards]}")
+            if advantage_scale != "none":
+                raise ValueError("credit='field' needs advantage_scale='none': a group's total can tie while its "
+                                 "fields differ, so there is no std to divide by")
+            self.split_reward = splittable[0]
         self.stage_name = stage
         self.automatic_optimization = False
         self._reference: list[torch.nn.Module] = []  # a list, so the frozen copy is not a registered submodule
@@ -118,15 +136,31 @@ class GRPOStage(SkinflowStage):
         targets = [t for t in batch["targets"] for _ in range(G)]
         rewards = combined_reward(rollout.texts, targets, self.rewards)  # name -> (N,)
         total = rewards["total"].view(B, G).to(self.device)  # (B, G)
-        advantages = group_advantages(total, hp.advantage_scale)  # (B, G)
-        tied = tied_groups(total)  # (B,)
+        if self.split_reward is None:
+            advantages = group_advantages(total, hp.advantage_scale)  # (B, G)
+            tied = tied_groups(total)  # (B,)
+        else:
+            advantages, tied = self.field_advantages(rollout, targets, total)  # (B, G, T), (B,)
         keep = ~tied if hp.drop_tied_groups and not tied.all() else torch.ones_like(tied)  # all tied: KL-only step
         rows = keep.repeat_interleave(G).nonzero().squeeze(1)  # kept sequences, indices into N
         skip = bool(tied.all()) and not hp.beta  # nothing to learn and no KL: no step
-        stats = {} if skip else self.optimise(rollout.select(rows), advantages.view(-1)[rows])
+        stats = {} if skip else self.optimise(rollout.select(rows), advantages.flatten(0, 1)[rows])
         self.log_step(rewards, tied, rollout, stats)
         if hp.table_every and batch_idx % hp.table_every == 0:
             self.log_rollout_table(rollout, targets, rewards)
+
+    def field_advantages(self, rollout: Rollout, targets: list, total: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Field-level credit (``skinflow.rl.credit``): per-token advantages (B, G, T) and the groups with no
+        signal (B,)."""
+        B, G = total.shape
+        tokenizer = self.processor.tokenizer
+        decode = partial(tokenizer.decode, skip_special_tokens=True)  # as ``processor.decode`` made ``rollout.texts``
+        token_field = completion_token_fields(decode, rollout.completion_ids.cpu(), rollout.completion_mask.cpu(),
+                                              rollout.texts)  # (N, T)
+        scores = FIELD_TERMS[self.split_reward.name](rollout.texts, targets).view(B, G, -1).to(total.device)
+        advantages = field_token_advantages(total, scores, self.split_reward.weight,
+                                            token_field.view(B, G, -1).to(total.device))
+        return advantages, tied_field_groups(total, scores)
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
@@ -178,7 +212,7 @@ class GRPOStage(SkinflowStage):
         return token_logprobs(logits, part.completion_ids, self.hparams.temperature)
 
     def optimise(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
-        """mu optimizer steps over the kept sequences; advantages (n,). Returns token-mean statistics."""
+        """mu optimizer steps over the kept sequences; advantages (n,) or per token (n, T). Returns token-mean statistics."""
         hp = self.hparams
         n = rollout.completion_ids.shape[0]
         chunks = torch.arange(n).split(hp.micro_batch_size or n)

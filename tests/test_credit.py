@@ -1,0 +1,175 @@
+"""Field-level credit (``skinflow.rl.credit``): the per-token advantages against a plain loop, what they reduce
+to, the token -> caption line map on the real tokenizer, and ``credit: field`` in ``GRPOStage``."""
+
+import lightning as L
+import pytest
+import torch
+
+from skinflow.data.formats import CAPTION_FIELDS, Target, caption_line_spans, parse_caption, render_caption
+from skinflow.rl.credit import completion_token_fields, field_token_advantages, tied_field_groups, token_char_ends
+from skinflow.rl.grpo import group_advantages
+from skinflow.rl.rewards import RewardSpec, caption_field_scores, caption_fields_reward
+
+B, G, T, F = 3, 5, 7, len(CAPTION_FIELDS)
+
+
+def plain_loop(total, scores, weight, token_field):
+    """The module docstring's formula, one token at a time."""
+    out = torch.zeros(token_field.shape)
+    for b in range(B):
+        fields = [f for f in range(F) if not scores[b, 0, f].isnan()]
+        for i in range(G):
+            terms = {f: weight * (scores[b, i, f] - scores[b, :, f].mean()) / len(fields) for f in fields}
+            rest = (total[b, i] - total[b].mean()) - sum(terms.values())
+            written = {int(f) for f in token_field[b, i] if f >= 0}
+            unwritten = sum(v for f, v in terms.items() if f not in written)
+            for t in range(T):
+                own = terms.get(int(token_field[b, i, t]), 0.0)
+                out[b, i, t] = rest + unwritten + own
+    return out
+
+
+def random_case(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = (torch.rand(B, G, F, generator=g) > 0.5).float()
+    scores[0, :, 1] = float("nan")  # image 0's reference has no location
+    scores[2, :, 4:] = float("nan")  # image 2's has only four fields
+    other = torch.randn(B, G, generator=g)
+    weight = 0.7
+    total = weight * scores.nanmean(-1) + 0.3 * other
+    token_field = torch.randint(-1, F, (B, G, T), generator=g)
+    token_field[1, 0] = -1  # a completion without any caption line
+    return total, scores, weight, token_field
+
+
+def test_field_advantages_equal_a_plain_loop_on_odd_sizes():
+    total, scores, weight, token_field = random_case()
+    assert torch.allclose(field_token_advantages(total, scores, weight, token_field),
+                          plain_loop(total, scores, weight, token_field), atol=1e-6)
+
+
+def test_without_caption_lines_field_credit_is_sequence_credit():
+    total, scores, weight, token_field = random_case(1)
+    ours = field_token_advantages(total, scores, weight, torch.full_like(token_field, -1))
+    assert torch.allclose(ours, group_advantages(total, "none").unsqueeze(-1).expand(B, G, T), atol=1e-6)
+
+
+def test_a_line_is_credited_with_its_own_field_only():
+    # two completions of one image, right on colour, each right on a different one of shape / size
+    scores = torch.full((1, 2, F), 1.0)
+    scores[0, 0, CAPTION_FIELDS.index("shape")] = 0.0
+    scores[0, 1, CAPTION_FIELDS.index("size")] = 0.0
+    total = scores.mean(-1)  # tied: sequence credit has nothing to say
+    token_field = torch.tensor([[list(range(F)), list(range(F))]])  # one token per line
+    adv = field_token_advantages(total, scores, 1.0, token_field)[0]  # (G, T)
+    assert torch.equal(group_advantages(total, "none"), torch.zeros(1, 2))
+    shape, size, colour = (CAPTION_FIELDS.index(k) for k in ("shape", "size", "colour"))
+    assert adv[0, shape] < 0 < adv[1, shape] and adv[1, size] < 0 < adv[0, size]
+    assert adv[:, colour].abs().max() == 0  # colour was right in both: no push from the other lines' luck
+    assert not tied_field_groups(total, scores).item()
+
+
+def test_a_missing_line_keeps_its_term_on_every_token():
+    scores = torch.tensor([[[1.0] * F, [1.0] * (F - 1) + [0.0]]])  # the second lacks / got wrong the last field
+    total = scores.mean(-1)
+    token_field = torch.tensor([[list(range(F)), list(range(F - 1)) + [-1]]])  # and never wrote its line
+    adv = field_token_advantages(total, scores, 1.0, token_field)[0]
+    assert torch.allclose(adv[1], torch.full((F,), -0.5 / F))  # its term (-1/2 of 1/F) lands on every token
+    assert torch.allclose(adv[0, :-1], torch.zeros(F - 1)) and adv[0, -1] > 0
+
+
+def test_field_scores_average_to_the_caption_reward():
+    texts = [render_caption({"colour": "red", "shape": "round", "size": "1-3 cm"}),
+             "<caption>\ncolour: brown\nshape: round\n</caption>", "no caption at all"]
+    reference = {"colour": "red", "shape": "round", "size": "1-3 cm", "border": "well-defined"}
+    targets = [Target("psoriasis", "x", "y", caption=reference)] * 3
+    scores = caption_field_scores(texts, targets)
+    assert scores.shape == (3, F) and scores[:, CAPTION_FIELDS.index("location")].isnan().all()
+    assert torch.allclose(scores.nanmean(-1), caption_fields_reward(texts, targets))
+    free = caption_field_scores(texts[:1], [Target("psoriasis", "x", "y", caption={"text": "a red patch"})])
+    assert free.isnan().all()
+
+
+@pytest.mark.parametrize("text", [
+    render_caption({"colour": "red", "location": "left knee", "shape": "round", "lesion type": "plaque"}),
+    "preamble <caption>\nColour : red\ncolour: blue\nnonsense\nsize: 1-3 cm</caption> tail",
+    "<caption>\nshape:\nshape: oval\n\n",
+])
+def test_caption_line_spans_hold_the_values_parse_caption_reads(text):
+    fields, _ = parse_caption(text)
+    spans = caption_line_spans(text)
+    assert set(spans) == set(fields)
+    for name, (a, b) in spans.items():
+        assert parse_caption("<caption>\n" + text[a:b] + "</caption>")[0] == {name: fields[name]}
+
+
+def test_tokens_map_to_their_caption_lines_on_the_tiny_tokenizer(tiny):
+    tokenizer = tiny[1].tokenizer
+    text = render_caption({"colour": "red", "location": "left knee", "shape": "round", "size": "1-3 cm"})
+    ids = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    assert decode(ids) == text
+    ends = token_char_ends(decode, ids)
+    assert ends[-1] == len(text) and ends == sorted(ends)
+    ids_t = torch.tensor([ids])
+    fields = completion_token_fields(decode, ids_t, torch.ones_like(ids_t, dtype=torch.bool), [text])[0]
+    starts = [0, *ends[:-1]]
+    for name in ("colour", "location", "shape", "size"):
+        a, b = caption_line_spans(text)[name]
+        inside = [t for t, (s, e) in enumerate(zip(starts, ends)) if a <= s and e <= b and e > s]
+        assert inside and all(fields[t] == CAPTION_FIELDS.index(name) for t in inside), name
+    assert fields[0] == -1 and fields[-1] == -1  # the <caption> tag and the end-of-sequence token
+
+
+def test_grpo_stage_refuses_field_credit_it_cannot_give():
+    from skinflow.stages.grpo import GRPOStage
+
+    with pytest.raises(ValueError, match="exactly one reward with field terms"):
+        GRPOStage(rewards=[RewardSpec("ranked_diagnosis")], credit="field", advantage_scale="none")
+    with pytest.raises(ValueError, match="advantage_scale='none'"):
+        GRPOStage(rewards=[RewardSpec("caption_fields")], credit="field")
+    with pytest.raises(ValueError, match="credit='token'"):
+        GRPOStage(credit="token")
+
+
+def test_grpo_stage_trains_with_field_credit(synth_dir, tmp_path):
+    """The random tiny model never writes a caption, so its rollouts are swapped for captions that differ from
+    the reference in one field each: every group then gets per-token advantages that differ along a completion."""
+    import dataclasses
+
+    from skinflow.stages.grpo import GRPOStage
+    from tests.test_grpo_stage import datamodule, fit, trainable
+
+    L.seed_everything(0)
+    stage = GRPOStage(rewards=[RewardSpec("caption_fields"), RewardSpec("format", 0.2)], credit="field",
+                      advantage_scale="none", max_new_tokens=48, lr=1e-3, beta=0.1, group_size=4)
+    tokenizer = stage.processor.tokenizer
+    sampled, seen = stage.rollout, []
+
+    def captions(batch):
+        rollout = sampled(batch)
+        texts = []
+        for target in batch["targets"]:
+            for i in range(4):  # completion i gets field i wrong
+                wrong = dict(target.caption, **{CAPTION_FIELDS[i]: "purple"})
+                texts.append(render_caption(wrong))
+        rows = [tokenizer(t + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[t < len(r) for t in range(width)] for r in rows])
+        return dataclasses.replace(rollout, completion_ids=ids, completion_mask=mask,
+                                   clipped=torch.zeros(len(rows), dtype=torch.bool), texts=texts)
+
+    real_advantages = stage.field_advantages
+    stage.rollout = captions
+    stage.field_advantages = lambda *a: seen.append(real_advantages(*a)) or seen[-1]
+    before = trainable(stage)
+    trainer = fit(stage, datamodule(synth_dir, tmp_path, prompt="caption"), steps=2)
+    advantages, tied = seen[0]  # (B, G, T), (B,)
+    assert advantages.shape[:2] == (2, 4) and not tied.any()  # every total is 7/8: sequence credit would see ties
+    # completion 0 got colour wrong where the others got it right: its colour line -(3/4)/8, its location, shape and
+    # lesion type lines (right where one peer each was wrong) +(1/4)/8, every other token 0
+    values = {round(float(v), 6) for v in advantages[0, 0]}
+    assert values == {-3 / 32, 1 / 32, 0.0}
+    assert trainer.global_step == 2 and trainer.callback_metrics["rl/frac_zero_std_groups"] == 0.0
+    assert any(not torch.equal(before[n], p) for n, p in trainable(stage).items())
