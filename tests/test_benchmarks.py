@@ -48,6 +48,22 @@ def test_grpo_vs_trl_refuses_clearly_without_trl_or_prints_a_ratio():
     assert last.startswith("ratio skinflow/TRL") and float(last.split()[-1]) > 0
 
 
+def test_stage1_headroom_prints_each_arms_start_end_and_gain(tmp_path):
+    import re
+
+    out = run("stage1_headroom.py", "--checkpoints", "none", "--rl-steps", "1", "--sft-steps", "1", "--per-class", "4",
+              "--samples", "1", "--rl-set", "group_size=2", "--rl-set", "max_new_tokens=8", "--cache-dir", str(tmp_path))
+    rows = re.findall(r"^\s+0\s+(grpo|supervised)\s+([\d.]+) -> ([\d.]+) \(([-+][\d.]+)\)\s+([\d.]+) -> ([\d.]+) \(([-+][\d.]+)\)$",
+                      out, re.MULTILINE)
+    assert [r[0] for r in rows] == ["grpo", "supervised"], out
+    for row in rows:
+        start, end, gain, s_start, s_end, s_gain = map(float, row[1:])
+        assert abs(end - start - gain) < 2e-4 and abs(s_end - s_start - s_gain) < 2e-4
+    summary = [line for line in out.splitlines() if "over 1 seeds" in line]
+    assert len(summary) == 4 and summary[0].startswith("GRPO 1 steps {'group_size': 2, 'max_new_tokens': 8}")
+    assert f"{float(rows[0][3]):+.4f}" in summary[0]  # the grpo greedy gain, averaged over one seed
+
+
 def test_learning_over_seeds_reads_each_cells_start_and_end_from_the_store(ablation_grid):
     """The script's per-seed gains are the child runs' (end - start) in the store; its summary is their mean."""
     import re
