@@ -22,6 +22,10 @@ as in GRPO. Mean-only (Dr. GRPO): a group's total can tie while its fields diffe
 The sum over fields of the per-token terms is the sequence advantage, so the expected update is GRPO's when the
 fields are sampled independently; what is dropped is the credit one line gets for the other lines' luck. It is
 biased where an earlier line changes the distribution of a later one (the caption is written left to right).
+
+Measured on the tiny demo's Stage I (``configs/model/stage1_tiny.yaml``): no better than sequence credit over
+three seeds, but it kept a learning rate of 2e-4 from wrecking the policy (validation caption reward -0.023
+against -0.107 with sequence credit, seed 0).
 """
 
 from __future__ import annotations
