@@ -90,8 +90,8 @@ def run_arm(arm: str, checkpoint: str | None, seed: int, opts) -> tuple[tuple[fl
     from skinflow.stages.warmup import WarmupStage
 
     L.seed_everything(seed, verbose=False)
-    backbone = BackboneSpec(**{**init_args("configs/model/stage1_tiny.yaml")["backbone"], "seed": seed})
     rl = init_args("configs/model/stage1_tiny.yaml")
+    backbone = BackboneSpec(**{**rl["backbone"], "seed": seed})
     rl.update(opts.rl_set)
     rl.update(backbone=backbone, rewards=[RewardSpec(**r) for r in rl["rewards"]], init_from=checkpoint, table_every=0)
     if arm == "grpo":

@@ -159,6 +159,20 @@ def parse_answer(text: str, k: int = MAX_RANKS) -> ParsedAnswer:
     return ParsedAnswer(tuple(labels), status, unknown, entries)
 
 
+def _caption_lines(match: re.Match) -> dict[str, tuple[str, int, int]]:
+    """``{field: (value, start, end)}`` of a caption block match: for each schema field the first line that names
+    it and gives it a value (the value whitespace-normalised; the span in the matched text, newline included)."""
+    lines: dict[str, tuple[str, int, int]] = {}
+    start = match.start(1)
+    for line in match.group(1).splitlines(keepends=True):
+        name, sep, value = line.partition(":")
+        name = " ".join(name.strip().lower().split())
+        if sep and name in CAPTION_FIELDS and name not in lines and value.strip():
+            lines[name] = (" ".join(value.split()), start, start + len(line))
+        start += len(line)
+    return lines
+
+
 def caption_line_spans(text: str) -> dict[str, tuple[int, int]]:
     """Character span (start, end, the newline included) of the line each field is read from by ``parse_caption``:
     the first line of the caption block that names the field and gives it a value. Fields without one are absent.
@@ -167,20 +181,10 @@ def caption_line_spans(text: str) -> dict[str, tuple[int, int]]:
     >>> {k: text[a:b] for k, (a, b) in caption_line_spans(text).items()}
     {'colour': 'colour: red\\n', 'shape': 'shape: round\\n'}
     """
-    if not isinstance(text, str):
-        return {}
-    match = _BLOCK["caption"].search(text)
+    match = _BLOCK["caption"].search(text) if isinstance(text, str) else None
     if match is None:
         return {}
-    spans: dict[str, tuple[int, int]] = {}
-    start = match.start(1)
-    for line in match.group(1).splitlines(keepends=True):
-        name, sep, value = line.partition(":")
-        name = " ".join(name.strip().lower().split())
-        if sep and name in CAPTION_FIELDS and name not in spans and value.strip():
-            spans[name] = (start, start + len(line))
-        start += len(line)
-    return spans
+    return {name: (a, b) for name, (_, a, b) in _caption_lines(match).items()}
 
 
 def parse_caption(text: str) -> tuple[dict[str, str], str]:
@@ -190,11 +194,6 @@ def parse_caption(text: str) -> tuple[dict[str, str], str]:
     match = _BLOCK["caption"].search(text)
     if match is None:
         return {}, "missing"
-    fields: dict[str, str] = {}
-    for line in match.group(1).splitlines():
-        name, sep, value = line.partition(":")
-        name = " ".join(name.strip().lower().split())
-        if sep and name in CAPTION_FIELDS and name not in fields and value.strip():
-            fields[name] = " ".join(value.strip().split())
+    fields = {name: value for name, (value, _, _) in _caption_lines(match).items()}
     status = "ok" if "</caption>" in text[match.start():] else "unclosed"
     return fields, status if fields else "empty"

@@ -35,6 +35,7 @@ from collections.abc import Callable
 import torch
 
 from skinflow.data.formats import CAPTION_FIELDS, caption_line_spans
+from skinflow.rl.grpo import group_advantages, tied_groups
 
 
 def token_char_ends(decode: Callable[[list[int]], str], ids: list[int]) -> list[int]:
@@ -69,9 +70,8 @@ def completion_token_fields(decode: Callable[[list[int]], str], ids: torch.Tenso
     out = torch.full(ids.shape, -1, dtype=torch.long)
     for n, text in enumerate(texts):
         length = int(mask[n].sum())
-        row = ids[n, :length].tolist()
         if length:
-            out[n, :length] = token_fields(text, token_char_ends(decode, row))
+            out[n, :length] = token_fields(text, token_char_ends(decode, ids[n, :length].tolist()))
     return out
 
 
@@ -87,8 +87,7 @@ def field_token_advantages(total: torch.Tensor, field_scores: torch.Tensor, weig
     n = has.sum(-1, keepdim=True).clamp(min=1)  # (B, G, 1)
     s = field_scores.nan_to_num(0.0)
     terms = weight * (s - s.mean(1, keepdim=True)) / n * has  # (B, G, F)
-    sequence = total - total.mean(1, keepdim=True)  # (B, G)
-    rest = sequence - terms.sum(-1)  # (B, G)
+    rest = group_advantages(total, "none") - terms.sum(-1)  # (B, G)
     written = torch.zeros(B, G, F + 1, dtype=torch.bool, device=token_field.device)
     written.scatter_(2, (token_field + 1).clamp(min=0), True)  # slot 0 collects tokens outside every line
     written = written[..., 1:]  # (B, G, F): the completion has a line for field f
@@ -101,6 +100,4 @@ def field_token_advantages(total: torch.Tensor, field_scores: torch.Tensor, weig
 def tied_field_groups(total: torch.Tensor, field_scores: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
     """(B,) True where neither the total nor any field term differs within the image's group: no token gets a
     non-zero field-level advantage."""
-    spread = lambda x: x.max(dim=1).values - x.min(dim=1).values  # noqa: E731
-    fields = spread(field_scores.nan_to_num(0.0)).amax(-1)  # (B,)
-    return (spread(total) <= tol) & (fields <= tol)
+    return tied_groups(total, tol) & tied_groups(field_scores.nan_to_num(0.0), tol).all(-1)  # (B, F) -> (B,)

@@ -153,8 +153,7 @@ class GRPOStage(SkinflowStage):
         """Field-level credit (``skinflow.rl.credit``): per-token advantages (B, G, T) and the groups with no
         signal (B,)."""
         B, G = total.shape
-        tokenizer = self.processor.tokenizer
-        decode = partial(tokenizer.decode, skip_special_tokens=True)  # as ``processor.decode`` made ``rollout.texts``
+        decode = lambda ids: self.processor.decode([ids])[0]  # noqa: E731  the decoder that made ``rollout.texts``
         token_field = completion_token_fields(decode, rollout.completion_ids.cpu(), rollout.completion_mask.cpu(),
                                               rollout.texts)  # (N, T)
         scores = FIELD_TERMS[self.split_reward.name](rollout.texts, targets).view(B, G, -1).to(total.device)
