@@ -96,3 +96,13 @@ def ablation_grid(tmp_path_factory):
         os.chdir(cwd)
     return {"folder": folder, "uri": f"sqlite:///{folder}/mlruns/mlflow.db", "first_calls": first_calls,
             "second_calls": list(calls), "first_error": first_error, "result": result}
+
+
+@pytest.fixture(scope="session")
+def qwen_standin(tmp_path_factory) -> Path:
+    """A folder laid out as a Hugging Face download of Qwen2.5-VL-3B-Instruct (real tokenizer, chat template and
+    generation config; random weights at CPU size), built once per session (about 15 s)."""
+    pytest.importorskip("dashscope", reason="the stand-in checkout needs the dashscope test extra (pip install -e '.[dev]')")
+    from skinflow.models.standin import build_standin
+
+    return build_standin(tmp_path_factory.mktemp("Qwen2.5-VL-3B-Instruct"))

@@ -124,7 +124,7 @@ def test_token_logprobs_and_entropy_match_log_softmax():
 
 def test_completion_mask_stops_after_the_first_eos():
     tokens = torch.tensor([[4, 9, 2, 2, 5], [2, 3, 3, 3, 3], [4, 4, 4, 4, 4]])
-    mask, clipped = completion_mask(tokens, eos_id=2)
+    mask, clipped = completion_mask(tokens, eos_ids=2)
     assert mask.int().tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
     assert clipped.tolist() == [False, False, True]
 

@@ -25,6 +25,7 @@ from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForCondition
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from skinflow.models.dve import DVESpec, attach_dve, set_dve_trainable
+from skinflow.models.generation import neutral_generation_config
 from skinflow.models.processor import VisionLanguageProcessor
 from skinflow.models.tiny_tokenizer import ASSET_DIR as TINY_TOKENIZER_DIR
 
@@ -174,7 +175,9 @@ def build_processor(spec: BackboneSpec) -> VisionLanguageProcessor:
 
 
 def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device | None = None) -> torch.nn.Module:
-    """The model alone. ``device="meta"`` builds shapes only (no memory, no weights, no download)."""
+    """The model alone. ``device="meta"`` builds shapes only (no memory, no weights, no download). With a
+    ``tokenizer`` the checkpoint's generation config is neutralised (kept as ``model.checkpoint_generation_config``)
+    and generation stops on the tokenizer's and the checkpoint's EOS ids."""
     dtype = getattr(torch, spec.dtype)
     meta = device is not None and torch.device(device).type == "meta"
     if spec.pretrained_path is not None and not meta:
@@ -198,6 +201,8 @@ def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device |
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if tokenizer is not None:  # generate applies only what the kit passes (``skinflow.models.generation``)
+        neutral_generation_config(model, tokenizer)
     return model
 
 

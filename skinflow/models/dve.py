@@ -10,8 +10,6 @@ so each image's tokens stay one contiguous segment and its token mean is unchang
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -108,22 +106,3 @@ def dve_parameter_count(spec: DVESpec, vision_config) -> int:
     shapes = {"gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
     per_block = sum(dve_head_parameters(*shapes[name], spec.num_groups, spec.reduction, spec.min_channels) for name in spec.linears)
     return per_block * len(dve_block_indices(spec, vision_config))
-
-
-@contextmanager
-def base_model_view(model: nn.Module) -> Iterator[nn.Module]:
-    """Inside the block, ``model`` computes its base: LoRA adapters disabled and DVE gains held at 1.
-
-    This is the GRPO reference under LoRA, with no second copy of the weights. (With a frozen spectrum, which
-    LoRA implies, neutral gains give exactly the converted base linear.)
-    """
-    layers = [m for m in model.modules() if isinstance(m, FDLinear)]
-    adapters = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-    with adapters:
-        for layer in layers:
-            layer.neutral = True
-        try:
-            yield model
-        finally:
-            for layer in layers:
-                layer.neutral = False

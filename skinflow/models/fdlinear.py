@@ -92,7 +92,6 @@ class FDLinear(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
         self.cu_seqlens: torch.Tensor | None = None  # per-image boundaries, set by the DVE hook of the vision tower
-        self.neutral = False  # True: every gain is 1, the layer is its converted base linear (RL reference pass)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, num_groups: int = 64, reduction: float = 1 / 16, min_channels: int = 16) -> "FDLinear":
@@ -107,10 +106,7 @@ class FDLinear(nn.Module):
         return layer
 
     def gains(self, descriptors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(S, I) descriptors -> beta (S, K), a_in (S, I), a_out (S, O), each in (0, 2), fp32 (all 1 if neutral)."""
-        if self.neutral:
-            s = descriptors.shape[0]
-            return tuple(descriptors.new_ones(s, n, dtype=torch.float32) for n in (self.num_groups, self.in_features, self.out_features))
+        """(S, I) descriptors -> beta (S, K), a_in (S, I), a_out (S, O), each in (0, 2), fp32."""
         h = torch.relu(self.norm(self.squeeze(descriptors.to(self.squeeze.weight.dtype))))
         return tuple(2 * torch.sigmoid(head(h)).float() for head in (self.to_groups, self.to_in, self.to_out))
 

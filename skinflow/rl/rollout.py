@@ -53,14 +53,17 @@ def shared_image_features(
     return tuple(by_image[i] for i in image_index.tolist())
 
 
-def completion_mask(tokens: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, T) sampled tokens -> (mask (N, T) bool: up to and including the first eos, clipped (N,) bool: no eos).
+def completion_mask(tokens: torch.Tensor, eos_ids: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, T) sampled tokens -> (mask (N, T) bool: up to and including the first stop token, clipped (N,) bool:
+    no stop token). ``eos_ids``: one id or several (Qwen2.5-VL-Instruct stops on ``<|im_end|>`` and
+    ``<|endoftext|>``).
 
-    >>> m, c = completion_mask(torch.tensor([[5, 2, 7], [5, 6, 7]]), eos_id=2)
+    >>> m, c = completion_mask(torch.tensor([[5, 2, 7], [5, 6, 7], [9, 9, 4]]), eos_ids=[2, 9])
     >>> m.int().tolist(), c.tolist()
-    ([[1, 1, 0], [1, 1, 1]], [False, True])
+    ([[1, 1, 0], [1, 1, 1], [1, 0, 0]], [False, True, False])
     """
-    is_eos = tokens == eos_id
+    stops = torch.tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids), device=tokens.device)
+    is_eos = torch.isin(tokens, stops)
     before_eos = (is_eos.int().cumsum(dim=1) - is_eos.int()) == 0  # no eos strictly before t
     return before_eos, ~is_eos.any(dim=1)
 

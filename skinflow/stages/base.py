@@ -25,6 +25,7 @@ from skinflow.data.ontology import ONTOLOGY
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
 from skinflow.metrics.grading import GradingSpec, ranked_indices
 from skinflow.models.backbone import BackboneSpec, backbone_identity, build_backbone, count_parameters
+from skinflow.models.generation import as_id_list
 from skinflow.rl.rewards import REWARDS
 
 SAMPLE_TABLE_ROWS = 16
@@ -121,9 +122,16 @@ class SkinflowStage(LightningModule):
         core = model.get_base_model() if hasattr(model, "get_base_model") else model
         return core.model.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
 
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Generation stops on these: the tokenizer's EOS and the checkpoint's (``skinflow.models.generation``)."""
+        return as_id_list(self.model.generation_config.eos_token_id)
+
     def generation_kwargs(self) -> dict:
+        """What every ``generate`` call passes. The model's generation config holds only token ids (the checkpoint's
+        sampling settings and repetition penalty are neutralised), so nothing else shapes the distribution."""
         tok = self.processor.tokenizer
-        return {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id,
+        return {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": self.stop_token_ids,
                 "suppress_tokens": self.processor.placeholder_token_ids}
 
     @torch.no_grad()

@@ -7,12 +7,18 @@ One ``training_step`` per batch of B images (manual optimisation):
 2. score them with the configured rewards (``skinflow.rl.rewards``) -> (B, G);
 3. group advantages (std-normalised or mean-only), one per completion or, with ``credit: field``, one per token
    (each caption line gets its own field's term, ``skinflow.rl.credit``), and the groups with no signal;
-4. log-probabilities of the reference (beta > 0: LoRA -> the same model with adapters off and DVE gains at 1;
-   full training -> a frozen copy of the starting policy) and, for mu > 1, of the sampling policy;
+4. log-probabilities of the reference (beta > 0: the stage's starting policy, a frozen snapshot of the trainable
+   weights taken when the stage is built, ``skinflow.models.reference``) and, for mu > 1, of the sampling policy;
 5. mu optimisation passes over the same rollout, each one optimizer step, the rollout split into micro-batches
    of ``micro_batch_size`` sequences whose gradients accumulate (the loss weights are normalised over the whole
    rollout, so any split gives the same gradient);
 6. log rewards, KL, clipping, entropy, lengths; every ``table_every`` steps a rollout table to MLflow.
+
+Sampler and scorer use one distribution: ``generate`` applies only temperature, top-p, top-k 0 and the suppressed
+placeholders (the checkpoint's generation config is neutralised, ``skinflow.models.generation``), and the scorer
+applies the same temperature and suppression. RL stages run without dropout (``disable_dropout``), since the
+sampler runs in eval mode and the scorer in train mode. ``top_p < 1`` samples from a truncated distribution the
+scorer does not truncate (as in TRL); the shipped configs use 1.0.
 
 The maths lives in ``skinflow.rl.grpo`` (shape legend in ``skinflow.rl``). Validation and test generate greedily
 and use the clinical metric collection of ``SkinflowStage``.
@@ -20,7 +26,6 @@ and use the clinical metric collection of ``SkinflowStage``.
 
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -29,7 +34,7 @@ import torch
 
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
-from skinflow.models.dve import base_model_view
+from skinflow.models.reference import disable_dropout, snapshot_trainable, swapped_parameters
 from skinflow.rl.grpo import LOSS_WEIGHTS, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
 from skinflow.rl.credit import completion_token_fields, field_token_advantages, tied_field_groups
 from skinflow.rl.rewards import FIELD_TERMS, RewardSpec, combined_reward
@@ -122,7 +127,9 @@ class GRPOStage(SkinflowStage):
             self.split_reward = splittable[0]
         self.stage_name = stage
         self.automatic_optimization = False
-        self._reference: list[torch.nn.Module] = []  # a list, so the frozen copy is not a registered submodule
+        disable_dropout(self.model)  # sampled in eval mode, scored in train mode: no dropout may tell them apart
+        # the starting policy (after ``init_from``, before any resume restores weights): the KL reference
+        self._reference_weights = snapshot_trainable(self) if beta else {}
         self.timings: dict[str, float] = {}  # seconds per phase of the last training step (logged as time/<phase>)
         self.save_hyperparameters()
 
@@ -167,23 +174,29 @@ class GRPOStage(SkinflowStage):
 
         ``num_return_sequences=G`` lets ``generate`` encode each image once and expand the prompt, its image
         features and cache G times (image-major, as ``skinflow.rl.rollout`` expects)."""
-        G, hp = self.hparams.group_size, self.hparams
+        G = self.hparams.group_size
         B = batch["prompt_ids"].shape[0]
         was_training = self.model.training
         self.model.eval()
         out = self.model.generate(
             **self.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"]),
-            do_sample=True, num_return_sequences=G, temperature=hp.temperature, top_p=hp.top_p, top_k=0,
-            **self.generation_kwargs(),
+            **self.sampling_kwargs(),
         )
         self.model.train(was_training)
         prompt_ids = batch["prompt_ids"].repeat_interleave(G, dim=0)  # (N, Lp)
         tokens = out[:, prompt_ids.shape[1]:]  # (N, T)
-        mask, clipped = completion_mask(tokens, self.processor.tokenizer.eos_token_id)
+        mask, clipped = completion_mask(tokens, self.stop_token_ids)
         tokens = tokens.masked_fill(~mask, self.processor.tokenizer.pad_token_id)
         image_index = torch.arange(B, device=prompt_ids.device).repeat_interleave(G)  # (N,)
         return Rollout(prompt_ids, batch["prompt_mask"].repeat_interleave(G, dim=0), batch["pixel_values"],
                        batch["image_grid_thw"], image_index, tokens, mask, clipped, self.processor.decode(tokens))
+
+    def sampling_kwargs(self) -> dict:
+        """``generate`` arguments of the rollout: G samples per prompt at the stage's temperature and top-p, no
+        top-k, the placeholders suppressed; nothing from the checkpoint's generation config."""
+        hp = self.hparams
+        return {"do_sample": True, "num_return_sequences": hp.group_size, "temperature": hp.temperature,
+                "top_p": hp.top_p, "top_k": 0, **self.generation_kwargs()}
 
     def completion_logits(self, model: torch.nn.Module, part: Rollout) -> torch.Tensor:
         """Next-token logits at each completion position: (n, T, V). Each distinct image of ``part`` goes through
@@ -203,11 +216,9 @@ class GRPOStage(SkinflowStage):
 
     @torch.no_grad()
     def reference_logprobs(self, part: Rollout) -> torch.Tensor:
-        if self.backbone_spec.lora is not None:
-            with base_model_view(self.model):
-                logits = self.completion_logits(self.model, part)
-        else:
-            logits = self.completion_logits(self._reference[0], part)
+        """Log-probabilities under the stage's starting policy: the snapshot lent to the live model."""
+        with swapped_parameters(self, self._reference_weights):
+            logits = self.completion_logits(self.model, part)
         return token_logprobs(logits, part.completion_ids, self.hparams.temperature)
 
     def optimise(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
@@ -225,6 +236,7 @@ class GRPOStage(SkinflowStage):
                 old = [token_logprobs(self.completion_logits(self.model, p), p.completion_ids, hp.temperature) for p in parts]
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         sums: dict[str, float] = {}
+        clipped = counted = 0.0  # over every pass: pass 1 clips nothing (ratio 1), later passes do
         for iteration in range(hp.num_iterations):
             for c, part, ref_lp, old_lp in zip(chunks, parts, ref, old):
                 with self.phase("policy_forward"):
@@ -234,6 +246,7 @@ class GRPOStage(SkinflowStage):
                                           weights[c], hp.eps_low, hp.eps_high, hp.beta)
                 with self.phase("backward"):
                     self.manual_backward(loss)
+                clipped, counted = clipped + float(s["clipped"]), counted + float(s["tokens"])
                 if iteration == 0:
                     s["entropy"] = (token_entropy(logits.detach(), hp.temperature) * part.completion_mask).sum()
                     s["loss"] = loss.detach()
@@ -246,7 +259,7 @@ class GRPOStage(SkinflowStage):
                 optimizer.zero_grad(set_to_none=True)
                 schedule.step()
         tokens = max(sums.pop("tokens"), 1.0)
-        return {"loss": sums["loss"], "clip_frac": sums["clipped"] / tokens, "entropy": sums["entropy"] / tokens,
+        return {"loss": sums["loss"], "clip_frac": clipped / max(counted, 1.0), "entropy": sums["entropy"] / tokens,
                 **({"kl": sums["kl"] / tokens} if "kl" in sums else {})}
 
     @contextmanager
@@ -291,13 +304,6 @@ class GRPOStage(SkinflowStage):
         logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"rollouts/step{self.global_step:06d}.json")
 
     # -- setup -----------------------------------------------------------------------------------------------
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        if self.hparams.beta and self.backbone_spec.lora is None and not self._reference:
-            reference = copy.deepcopy(self.model).eval()  # the starting policy, frozen
-            reference.requires_grad_(False)
-            self._reference.append(reference)
-
     def configure_optimizers(self):
         # linear warmup, then constant (min_ratio 1): AdamW's default betas
         return adamw_with_schedule(self.trainable_parameters(), self.hparams.lr, self.hparams.weight_decay, (0.9, 0.999),
