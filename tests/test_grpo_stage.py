@@ -37,24 +37,82 @@ def rollout_batch(synth_dir, tmp_path_factory):
     return next(iter(dm.train_dataloader()))
 
 
-def test_reference_with_adapters_disabled_equals_the_base_model(rollout_batch):
-    torch.manual_seed(0)
-    stage = GRPOStage(BackboneSpec(lora=LoRASpec(r=2), dve=DVESpec(enabled=True, num_groups=4)), max_new_tokens=6, group_size=2)
-    rollout = stage.rollout(rollout_batch)
+def policy_logprobs(stage, rollout):
+    from skinflow.rl.grpo import token_logprobs
+
     with torch.no_grad():
-        base = stage.reference_logprobs(rollout)
-        # LoRA B starts at zero and DVE heads at zero: the fresh policy is the base model
-        policy = stage.completion_logits(stage.model, rollout)
-        from skinflow.rl.grpo import token_logprobs
-        assert torch.allclose(token_logprobs(policy, rollout.completion_ids), base, atol=1e-5)
-        for name, p in stage.model.named_parameters():
-            if p.requires_grad:
-                p.add_(0.2 * torch.randn_like(p))
-        moved = token_logprobs(stage.completion_logits(stage.model, rollout), rollout.completion_ids)
-        assert not torch.allclose(moved, base, atol=1e-3)  # adapters and DVE now matter
-        assert torch.allclose(stage.reference_logprobs(rollout), base, atol=1e-5)  # but not to the reference
-        again = token_logprobs(stage.completion_logits(stage.model, rollout), rollout.completion_ids)
-        assert torch.allclose(again, moved)  # adapters and DVE are back on after the reference pass
+        return token_logprobs(stage.completion_logits(stage.model, rollout), rollout.completion_ids)
+
+
+def lora_checkpoint(path, spec, scale=0.2):
+    """A previous stage's checkpoint: LoRA adapters and DVE heads moved away from their zero start."""
+    from skinflow.models.backbone import backbone_identity
+
+    torch.manual_seed(1)
+    previous = GRPOStage(spec, max_new_tokens=6, group_size=2, beta=0)
+    with torch.no_grad():
+        for p in previous.trainable_parameters():
+            p.add_(scale * torch.randn_like(p))
+    torch.save({"state_dict": previous.trainable_state_dict(), "backbone_identity": backbone_identity(spec, previous.model)}, path)
+    return path
+
+
+def test_reference_is_the_starting_policy_not_the_bare_base(rollout_batch, tmp_path):
+    """From a LoRA + DVE checkpoint the reference is the policy the stage starts from (KL 0 at its first step),
+    not the base model with adapters off and DVE gains at 1; the policy moves, the reference does not."""
+    spec = BackboneSpec(lora=LoRASpec(r=2), dve=DVESpec(enabled=True, num_groups=4))
+    stage = GRPOStage(spec, max_new_tokens=6, group_size=2, init_from=str(lora_checkpoint(tmp_path / "prev.ckpt", spec)))
+    torch.manual_seed(0)
+    rollout = stage.rollout(rollout_batch)
+    start = policy_logprobs(stage, rollout)
+    with torch.no_grad():
+        reference = stage.reference_logprobs(rollout)
+        assert torch.allclose(reference, start, atol=1e-6)
+        with stage.model.disable_adapter():  # the bare base the old reference was
+            bare = policy_logprobs(stage, rollout)
+        assert (bare - start).abs().max() > 1e-2
+        for p in stage.trainable_parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    moved = policy_logprobs(stage, rollout)
+    assert (moved - start).abs().max() > 1e-2  # adapters and DVE heads matter
+    assert torch.allclose(stage.reference_logprobs(rollout), reference, atol=1e-6)  # but not to the reference
+    assert torch.allclose(policy_logprobs(stage, rollout), moved)  # the policy's own weights are back after it
+
+
+def test_kl_is_zero_at_the_first_step_from_a_lora_checkpoint(synth_dir, tmp_path, length_reward):
+    spec = BackboneSpec(lora=LoRASpec(r=2, dropout=0.05), dve=DVESpec(enabled=True, num_groups=4))
+    L.seed_everything(0)
+    stage = GRPOStage(spec, rewards=[RewardSpec(length_reward)], max_new_tokens=8, beta=0.1, lr=1e-2,
+                      init_from=str(lora_checkpoint(tmp_path / "prev.ckpt", spec)))
+    trainer = fit(stage, datamodule(synth_dir, tmp_path), steps=1)
+    assert trainer.callback_metrics["rl/kl"] < 1e-7  # with adapters off as the reference it was ~1e-2 here
+    second = fit(stage, datamodule(synth_dir, tmp_path), steps=3)  # lr 1e-2: the policy has moved away
+    assert second.callback_metrics["rl/kl"] > 1e-5
+
+
+def test_a_resumed_run_keeps_the_reference_of_the_uninterrupted_run(synth_dir, tmp_path, length_reward):
+    """Full training: the reference is the policy as the stage was built, also when Lightning restores a later
+    checkpoint into it (a resumed run used to re-copy its reference from the resumed weights: KL 0 again)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def stage():
+        L.seed_everything(0)
+        return GRPOStage(rewards=[RewardSpec(length_reward)], max_new_tokens=8, beta=0.1, lr=1e-2)
+
+    first = stage()
+    start = {n: p.detach().clone() for n, p in first.named_parameters() if p.requires_grad}
+    trainer = L.Trainer(max_steps=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=tmp_path,
+                        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)])
+    trainer.fit(first, datamodule(synth_dir, tmp_path))
+    resumed = stage()
+    trainer = L.Trainer(max_steps=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, default_root_dir=tmp_path, enable_checkpointing=False, log_every_n_steps=1)
+    trainer.fit(resumed, datamodule(synth_dir, tmp_path), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert trainer.global_step == 3
+    assert any(not torch.equal(start[n], p) for n, p in resumed.named_parameters() if p.requires_grad)  # resumed
+    assert all(torch.equal(start[n], w) for n, w in resumed._reference_weights.items())  # reference: the start
+    assert trainer.callback_metrics["rl/kl"] > 1e-5
 
 
 def test_each_image_encoded_once_gives_the_logits_and_gradients_of_repeated_images(rollout_batch):
@@ -170,8 +228,8 @@ def test_training_moves_the_policy_not_the_reference_and_logs_rl_keys(synth_dir,
     trainer = fit(stage, datamodule(synth_dir, tmp_path), steps=4, logger=logger, val_every=2)  # mu=2: 2 batches
     after = trainable(stage)
     assert any(not torch.equal(before[n], after[n]) for n in before)
-    reference = dict(stage._reference[0].named_parameters())
-    assert all(torch.equal(before[n], reference[n.removeprefix("model.")]) for n in before)
+    assert set(stage._reference_weights) == set(before)
+    assert all(torch.equal(before[n], stage._reference_weights[n]) for n in before)
     metrics = trainer.callback_metrics
     assert metrics["rl/frac_zero_std_groups"] < 1
     for key in ("reward/ranked_diagnosis", "reward/ranked_diagnosis_std", f"reward/{length_reward}", "reward/total", "rl/kl",
@@ -184,16 +242,56 @@ def test_training_moves_the_policy_not_the_reference_and_logs_rl_keys(synth_dir,
     assert artifacts and artifacts[0].endswith(".json")
 
 
-def test_micro_batches_give_the_same_update(synth_dir, tmp_path):
+def test_micro_batches_give_the_same_gradient(synth_dir, tmp_path, length_reward):
+    """Under a reward that varies within groups (a tied reward has zero gradient and could not tell): the gradient
+    at the optimizer step is the same whether the rollout goes through in one pass or in micro-batches of 3."""
+    from lightning.pytorch.callbacks import Callback
+
+    class Gradients(Callback):
+        def on_before_optimizer_step(self, trainer, module, optimizer):
+            self.grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
     results = []
     for micro in (None, 3):
         L.seed_everything(0)
-        stage = GRPOStage(rewards=[RewardSpec("format")], max_new_tokens=8, lr=1e-3, beta=0.1, micro_batch_size=micro,
-                          drop_tied_groups=False, max_grad_norm=0)
-        fit(stage, datamodule(synth_dir, tmp_path), steps=1)
-        results.append(trainable(stage))
-    for name in results[0]:
-        assert torch.allclose(results[0][name], results[1][name], atol=1e-6), name
+        stage = GRPOStage(rewards=[RewardSpec(length_reward)], max_new_tokens=8, lr=1e-3, beta=0.1,
+                          micro_batch_size=micro, drop_tied_groups=False, max_grad_norm=0)
+        grads = Gradients()
+        trainer = fit(stage, datamodule(synth_dir, tmp_path), steps=1, callbacks=[grads])
+        assert trainer.callback_metrics["rl/frac_zero_std_groups"] < 1
+        results.append(grads.grads)
+    assert sum(float(g.abs().sum()) for g in results[0].values()) > 1e-3  # there is a gradient to compare
+    assert results[0].keys() == results[1].keys()
+    for name, g in results[0].items():
+        assert torch.allclose(results[1][name], g, rtol=1e-4, atol=1e-6 * float(g.abs().max())), name
+
+
+def test_clipping_is_counted_in_every_pass(synth_dir, tmp_path, length_reward):
+    """mu = 2: the second pass's ratio moves off 1 and clips (the first pass's ratio is 1 and never does)."""
+    L.seed_everything(0)
+    stage = GRPOStage(rewards=[RewardSpec(length_reward)], max_new_tokens=8, lr=5e-2, beta=0.0, num_iterations=2,
+                      eps_low=0.01, eps_high=0.01, max_grad_norm=0)
+    trainer = fit(stage, datamodule(synth_dir, tmp_path), steps=2)
+    clip = float(trainer.callback_metrics["rl/clip_frac"])
+    assert 0 < clip <= 0.5  # at most the second pass's half of the tokens
+
+
+def test_one_step_raises_the_likelihood_of_positive_advantages_and_lowers_it_for_negative(rollout_batch):
+    from skinflow.rl.grpo import LOSS_WEIGHTS, policy_loss, token_logprobs
+
+    for sign in (1.0, -1.0):
+        torch.manual_seed(0)
+        stage = GRPOStage(max_new_tokens=8, group_size=2)
+        rollout = stage.rollout(rollout_batch)
+        mask = rollout.completion_mask
+        before = (policy_logprobs(stage, rollout) * mask).sum()
+        logp = token_logprobs(stage.completion_logits(stage.model, rollout), rollout.completion_ids)
+        advantages = torch.full((len(rollout.texts),), sign)
+        loss, _ = policy_loss(logp, logp.detach(), None, advantages, LOSS_WEIGHTS["grpo"](mask, 8), 0.2, 0.2, 0.0)
+        loss.backward()
+        torch.optim.SGD(stage.trainable_parameters(), lr=1e-2).step()
+        after = (policy_logprobs(stage, rollout) * mask).sum()
+        assert (after - before) * sign > 0, (sign, float(before), float(after))
 
 
 def test_all_tied_batches_step_on_kl_alone_or_skip_without_kl(synth_dir, tmp_path):

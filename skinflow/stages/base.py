@@ -24,11 +24,15 @@ from skinflow.data.formats import ParsedAnswer, Target, parse_answer
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
 from skinflow.metrics.grading import GradingSpec, ranked_indices
-from skinflow.models.backbone import BackboneSpec, backbone_identity, build_backbone, count_parameters
+from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize, backbone_identity, build_backbone, count_parameters
+from skinflow.models.dve import DVESpec
 from skinflow.models.generation import as_id_list
-from skinflow.rl.rewards import REWARDS
+from skinflow.rl.rewards import REWARDS, RewardSpec
 
 SAMPLE_TABLE_ROWS = 16
+# the dataclasses a stage's hyperparameters hold: a checkpoint being resumed (``--ckpt_path``) then loads with
+# torch's safe ``weights_only`` unpickler instead of failing on them
+torch.serialization.add_safe_globals([BackboneSpec, LoRASpec, DVESpec, TinySize, RewardSpec, GradingSpec])
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
