@@ -38,6 +38,18 @@ def test_weighted_loss_with_unit_weight_equals_the_model_loss(batch, tiny):
     assert not torch.allclose(heavier, ours)
 
 
+def test_teacher_forced_loss_on_the_target_window_equals_the_full_logits_loss(batch):
+    """The stage runs the LM head on the trailing target window only; the loss is that of the full logits."""
+    stage = WarmupStage()
+    inputs = stage.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+    with torch.no_grad():
+        full = weighted_token_loss(stage.model(**inputs).logits, batch["labels"], batch["content_mask"], 10.0)
+        windowed = stage.teacher_forced_loss(batch, 10.0)
+    lengths = (batch["labels"] != -100).sum(1)
+    assert lengths.min() < lengths.max()  # targets of different lengths: the window is the longest one's
+    assert torch.allclose(windowed, full, atol=1e-6)
+
+
 def test_weighted_loss_matches_a_plain_loop():
     torch.manual_seed(0)
     logits, labels = torch.randn(2, 5, 7), torch.randint(0, 7, (2, 5))

@@ -58,6 +58,21 @@ def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, content: tor
     return (ce * weights).sum() / weights.sum().clamp(min=1)
 
 
+def target_window(labels: torch.Tensor) -> int:
+    """How many trailing positions hold every target token and the position predicting the first one: (B, L) -> k.
+
+    Batches are left-padded, so targets end every row; the LM head then runs on k positions instead of L (at
+    Qwen2.5-VL's 151,936-token vocabulary the full (B, L, V) logits of a 600-token prompt dominate memory).
+
+    >>> target_window(torch.tensor([[-100, -100, 5, 6], [-100, -100, -100, 7]]))
+    3
+    """
+    has_label = (labels != -100).any(dim=0)  # (L,)
+    if not has_label.any():
+        return 1
+    return labels.shape[1] - int(has_label.nonzero()[0]) + 1
+
+
 def adamw_with_schedule(params, lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int,
                         total_steps: int, min_ratio: float) -> dict:
     """AdamW over ``params`` with the ``warmup_cosine`` multiplier stepped per optimizer step (Lightning's dict)."""
@@ -209,8 +224,9 @@ class SkinflowStage(LightningModule):
     def teacher_forced_loss(self, batch: dict, content_weight: float = 1.0) -> torch.Tensor:
         """Cross-entropy of the target tokens, content tokens weighted by ``content_weight`` (1: plain mean)."""
         inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
-        logits = self.model(**inputs, use_cache=False).logits  # scoring only: no KV cache
-        return weighted_token_loss(logits, batch["labels"], batch["content_mask"], content_weight)
+        keep = target_window(batch["labels"])
+        logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits  # scoring only: no KV cache
+        return weighted_token_loss(logits, batch["labels"][:, -keep:], batch["content_mask"][:, -keep:], content_weight)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:
