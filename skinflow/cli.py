@@ -11,6 +11,8 @@ The Lightning subcommands come from ``LightningCLI`` in subclass mode (any stage
 - ``compare --experiment NAME --group-by row``: mean ± std over seeds from the MLflow store, CSV and bar chart
   (``skinflow.analysis.compare``).
 - ``report --run-id ID``: a self-contained HTML page for a pipeline run (``skinflow.analysis.report``).
+- ``export --ckpt CKPT --out DIR [--merge]``: a stage checkpoint as a PEFT adapter, a merged model folder and the
+  DVE weights, for use outside skinflow (``skinflow.export``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def compare_command(argv: list[str]) -> None:
     run(argv)
 
 
+def export_command(argv: list[str]) -> None:
+    from skinflow.export import export_command as run
+
+    run(argv)
+
+
 def report_command(argv: list[str]) -> None:
     from skinflow.analysis.report import report_command as run
 
@@ -88,7 +96,7 @@ def report_command(argv: list[str]) -> None:
 
 
 KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command, "ablate": ablate_command, "compare": compare_command,
-                "report": report_command}
+                "report": report_command, "export": export_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from transformers import GenerationConfig
 from skinflow.data.collate import VisionLanguageCollator
 from skinflow.data.formats import Target
 from skinflow.models.backbone import BackboneSpec, LoRASpec, build_backbone
+from skinflow.models.dve import DVESpec
 from skinflow.models.standin import ADDED_TOKENS, FIRST_ADDED_ID, GENERATION_CONFIG, VOCAB_SIZE
 from skinflow.rl.grpo import token_logprobs
 
@@ -121,3 +122,123 @@ def test_sampler_and_scorer_agree_under_the_checkpoints_generation_config(qwen_s
     print(f"T={temperature}: max |dlogp| fixed {gap:.2e}, with the checkpoint's generation config {penalised:.3f}, "
           f"with LoRA dropout {dropped:.3f}")
     assert penalised > 0.05 and dropped > 0.05
+
+
+def standin_args(folder) -> list[str]:
+    """CLI overrides that put any tiny experiment config on the stand-in checkout, with LoRA and the DVE."""
+    return [
+        "--model.init_args.backbone.preset=qwen2.5-vl-3b", f"--model.init_args.backbone.pretrained_path={folder}",
+        '--model.init_args.backbone.lora={"r": 4, "alpha": 8, "dropout": 0.05}',
+        "--model.init_args.backbone.dve.enabled=true", "--model.init_args.backbone.dve.num_groups=8",
+        "--data.init_args.batch_size=2", "--data.init_args.eval_batch_size=4", "--data.init_args.image_size=112",
+    ]
+
+
+def test_warmup_stage1_stage2_pipeline_on_the_standin_with_lora_and_dve(qwen_standin, tmp_path, monkeypatch):
+    """``python -m skinflow pipeline`` with a pipeline file that names the folder: every stage loads the checkout,
+    LoRA adapters and DVE heads train and hand over, each stage is a child MLflow run, Stage I's KL starts at 0."""
+    import yaml
+    from mlflow import MlflowClient
+
+    from skinflow.pipeline import pipeline_command
+    from tests.conftest import REPO
+    from tests.test_pipeline import COMMON, FAST
+
+    stages = [("warmup", "warmup_tiny_synthetic"), ("stage1", "stage1_tiny_synthetic"), ("stage2", "stage2_tiny_synthetic")]
+    pipeline = {"experiment_name": "standin", "run_name": "qwen2.5-vl-3b-standin", "stages": [
+        {"name": name, "config": str(REPO / f"configs/experiment/{config}.yaml"), "evaluate_start": name == "stage1",
+         "args": [*COMMON, *FAST[name], *standin_args(qwen_standin), "--model.init_args.max_new_tokens=6",
+                  *(["--model.init_args.group_size=2", "--model.init_args.lr=1e-3"] if name != "warmup" else
+                    ["--model.init_args.lr=1e-2"])]}
+        for name, config in stages]}
+    path = tmp_path / "standin.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    monkeypatch.chdir(tmp_path)
+    result = pipeline_command(["--config", str(path)])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert list(result["children"]) == ["warmup", "stage1", "stage2"]
+    for name, run_id in result["children"].items():
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["backbone/pretrained_path"] == str(qwen_standin), name
+    stage1 = client.get_run(result["children"]["stage1"]).data.metrics
+    kl = [m.value for m in client.get_metric_history(result["children"]["stage1"], "rl/kl")]
+    assert kl[0] < 1e-7  # the reference is the warmup's policy, adapters and DVE heads included
+    assert "start/val/reward/caption_fields" in stage1 and "val/reward/caption_fields" in stage1
+    assert "test/graded_top1" in client.get_run(result["children"]["stage2"]).data.metrics
+    # the handed-over checkpoints hold adapters and DVE heads only, and they moved in the warmup
+    checkpoint = torch.load(result["checkpoints"]["warmup"], map_location="cpu", weights_only=False)
+    names = set(checkpoint["state_dict"])
+    assert names and all("lora_" in n or "visual" in n for n in names)
+    assert any("lora_B" in n and checkpoint["state_dict"][n].abs().sum() > 0 for n in names)
+    assert checkpoint["backbone_identity"]["pretrained_path"] == str(qwen_standin)
+
+
+def stage_checkpoint(path, spec, seed=0):
+    """A stage checkpoint (trainable weights + identity, as the pipeline hands over) with trained-looking weights;
+    returns (path, stage)."""
+    from skinflow.models.backbone import backbone_identity
+    from skinflow.stages.warmup import WarmupStage
+
+    torch.manual_seed(seed)
+    stage = WarmupStage(spec)
+    with torch.no_grad():
+        for p in stage.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save({"state_dict": stage.trainable_state_dict(), "backbone_identity": backbone_identity(spec, stage.model),
+                "skinflow_stage": "warmup"}, path)
+    return path, stage
+
+
+def forward_logits(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"],
+                     image_grid_thw=batch["image_grid_thw"],
+                     mm_token_type_ids=(batch["input_ids"] == 151655).int()).logits
+
+
+def test_export_round_trip_adapter_merged_and_dve(qwen_standin, tmp_path, capsys):
+    """``export`` on the stand-in: the PEFT adapter on the stock base and the merged folder give the stage's logits
+    (LoRA only); with the DVE, ``load_exported`` gives the stage's logits and the stock load is the static base."""
+    from peft import PeftModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from skinflow.cli import main
+    from skinflow.export import load_exported
+
+    ckpt, stage = stage_checkpoint(tmp_path / "lora.ckpt", standin_spec(qwen_standin, lora=LoRASpec(r=4, dropout=0.05)))
+    stage.eval()
+    batch = mixed_batch(stage.processor)
+    ours = forward_logits(stage.model, batch)
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--merge"])
+    assert {"adapter", "model"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "out/adapter").iterdir()}
+    base = Qwen2_5_VLForConditionalGeneration.from_pretrained(qwen_standin, dtype=torch.float32)
+    adapter = PeftModel.from_pretrained(base, tmp_path / "out/adapter").eval()
+    merged = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "out/model", dtype=torch.float32).eval()
+    adapter_gap = (forward_logits(adapter, batch) - ours).abs().max()
+    merged_gap = (forward_logits(merged, batch) - ours).abs().max()
+    assert json.loads((tmp_path / "out/model/generation_config.json").read_text())["repetition_penalty"] == 1.05
+    # with the DVE: its heads are exported beside the model and only skinflow's loader applies them
+    ckpt, stage = stage_checkpoint(tmp_path / "dve.ckpt", standin_spec(
+        qwen_standin, lora=LoRASpec(r=4), dve=DVESpec(enabled=True, num_groups=8)))
+    stage.eval()
+    ours_dve = forward_logits(stage.model, batch)
+    main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "dve"), "--merge"])
+    dve_gap = (forward_logits(load_exported(tmp_path / "dve").eval(), batch) - ours_dve).abs().max()
+    stock = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path / "dve/model", dtype=torch.float32).eval()
+    with capsys.disabled():
+        print(f"export round trip max |dlogit|: adapter {adapter_gap:.1e}, merged {merged_gap:.1e}, DVE {dve_gap:.1e}")
+    assert adapter_gap < 1e-4 and merged_gap < 1e-4 and dve_gap < 1e-4
+    assert (forward_logits(stock, batch) - ours_dve).abs().max() > 1e-3  # without the per-image gains it differs
+    assert "dve" in capsys.readouterr().out
+
+
+def test_export_names_a_bad_checkpoint(tmp_path):
+    from skinflow.cli import main
+
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"broken\.ckpt could not be read"):
+        main(["export", "--ckpt", str(bad), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match=r"missing\.ckpt not found"):
+        main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "o")])

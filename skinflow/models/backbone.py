@@ -115,6 +115,18 @@ class BackboneSpec:
     dve: DVESpec = field(default_factory=DVESpec)
 
 
+def spec_from_dict(values: dict) -> BackboneSpec:
+    """The inverse of ``dataclasses.asdict(spec)`` (a checkpoint's ``backbone_identity["spec"]``).
+
+    >>> spec_from_dict(asdict(BackboneSpec(lora=LoRASpec(r=4)))).lora.r
+    4
+    """
+    values = dict(values)
+    lora = values.pop("lora", None)
+    return BackboneSpec(**values | {"lora": LoRASpec(**lora) if lora is not None else None,
+                                    "tiny": TinySize(**values.get("tiny", {})), "dve": DVESpec(**values.get("dve", {}))})
+
+
 def tiny_config(size: TinySize, tokenizer) -> Qwen2_5_VLConfig:
     half = size.text_hidden // size.text_heads // 2  # mrope_section (t, h, w) must sum to head_dim / 2
     rest = half - half // 4

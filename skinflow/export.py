@@ -1,0 +1,168 @@
+"""``python -m skinflow export --ckpt <stage checkpoint> --out DIR [--merge]``: a stage's weights for use outside skinflow.
+
+A stage checkpoint holds trainable weights and the backbone's identity only. Export rebuilds the backbone from that
+identity (the same ``pretrained_path`` must be readable), loads the weights and writes into ``DIR``:
+
+- ``adapter/`` (LoRA stages): a PEFT adapter, ``adapter_config.json`` + ``adapter_model.safetensors``, loadable
+  with ``PeftModel.from_pretrained(<base model>, DIR/adapter)`` on the stock base checkpoint;
+- ``model/`` (with ``--merge``, and always for full training): a complete model folder, adapters merged into the
+  language layers, with the tokenizer, the image processor and the checkpoint's own ``generation_config.json``,
+  loadable with ``Qwen2_5_VLForConditionalGeneration.from_pretrained(DIR/model)``;
+- ``dve/`` (DVE stages): ``dve.safetensors`` (every FDLinear's spectrum, bias and gain heads) and
+  ``dve_config.json``. Stock loaders cannot use these: an FDLinear computes a new weight per image, which no
+  static linear layer reproduces. In ``model/`` each FDLinear is stored as its static base linear (the layer
+  with every gain at 1), so a stock load of ``model/`` is the model *without* the DVE's per-image gains;
+  ``load_exported(DIR)`` re-attaches the DVE and gives the stage's exact outputs.
+- ``EXPORT.md``: what was exported, from which checkpoint, and how to load each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from skinflow.models.backbone import BackboneSpec, build_backbone, spec_from_dict
+from skinflow.models.dve import attach_dve
+from skinflow.models.fdlinear import FDLinear
+
+
+class ExportError(ValueError):
+    pass
+
+
+def read_stage_checkpoint(path: str | Path) -> dict:
+    """A stage checkpoint's dict; a clear error naming the file when it is missing, corrupt or not a stage's."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001  torch raises many kinds for a damaged file
+        raise ExportError(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "backbone_identity" not in checkpoint or "state_dict" not in checkpoint:
+        raise ExportError(f"checkpoint {path} is not a skinflow stage checkpoint (no backbone_identity/state_dict)")
+    return checkpoint
+
+
+def load_stage_model(checkpoint: dict, source: str) -> tuple[nn.Module, object, BackboneSpec]:
+    """``(model, processor, spec)``: the backbone of the checkpoint's identity with its trainable weights loaded."""
+    spec = spec_from_dict(checkpoint["backbone_identity"]["spec"])
+    model, processor = build_backbone(spec)
+    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    result = model.load_state_dict(weights, strict=False)
+    if result.unexpected_keys:
+        raise ExportError(f"checkpoint {source} holds weights its backbone lacks, e.g. {result.unexpected_keys[:3]}")
+    return model, processor, spec
+
+
+def static_linear(layer: FDLinear) -> nn.Linear:
+    """The FDLinear with every gain at 1: its base weight irfft2(spectrum) and its bias."""
+    linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(layer.dynamic_weight(torch.ones(layer.num_groups, device=layer.spectrum.device)))
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+    return linear.to(layer.spectrum.device)
+
+
+def dve_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every FDLinear parameter, named from the bare Qwen2.5-VL model (``model.visual.blocks.7.mlp.up_proj.spectrum``)."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {f"{name}.{key}": value.detach().contiguous() for name, layer in core.named_modules()
+            if isinstance(layer, FDLinear) for key, value in layer.state_dict().items()}
+
+
+def merged_model(model: nn.Module) -> nn.Module:
+    """The bare Qwen2.5-VL model, LoRA merged in and every FDLinear replaced by its static base linear."""
+    core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    for name, layer in list(core.named_modules()):
+        if isinstance(layer, FDLinear):
+            parent, _, child = name.rpartition(".")
+            setattr(core.get_submodule(parent), child, static_linear(layer))
+    return core  # the DVE's boundary hook stays on the vision tower: with no FDLinear left it does nothing
+
+
+def export_stage(ckpt: str | Path, out: str | Path, merge: bool = False) -> dict[str, Path]:
+    """Write the exported parts of ``ckpt`` into ``out``; returns {part: folder}."""
+    from safetensors.torch import save_file
+
+    checkpoint = read_stage_checkpoint(ckpt)
+    model, processor, spec = load_stage_model(checkpoint, str(ckpt))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts: dict[str, Path] = {}
+    if spec.lora is not None:
+        model.save_pretrained(out / "adapter")  # PEFT: adapter_config.json + adapter_model.safetensors
+        parts["adapter"] = out / "adapter"
+    if spec.dve.enabled:
+        (out / "dve").mkdir(exist_ok=True)
+        save_file(dve_state(model), out / "dve" / "dve.safetensors")
+        (out / "dve" / "dve_config.json").write_text(json.dumps(asdict(spec.dve), indent=2))
+        parts["dve"] = out / "dve"
+    if merge or spec.lora is None:
+        core = merged_model(model)
+        core.generation_config = core.checkpoint_generation_config or core.generation_config  # the checkout's own
+        core.save_pretrained(out / "model")
+        processor.tokenizer.save_pretrained(out / "model")
+        processor.image_processor.save_pretrained(out / "model")
+        parts["model"] = out / "model"
+    (out / "EXPORT.md").write_text(export_note(ckpt, checkpoint, spec, parts))
+    return parts
+
+
+def export_note(ckpt, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Path]) -> str:
+    base = spec.pretrained_path or f"the {spec.preset} preset (random init, seed {spec.seed})"
+    lines = [f"# Export of {ckpt}", "", f"Stage `{checkpoint.get('skinflow_stage', '?')}` on backbone {base}.", ""]
+    if "adapter" in parts:
+        lines += ["- `adapter/`: PEFT LoRA adapter. `PeftModel.from_pretrained(Qwen2_5_VLForConditionalGeneration"
+                  f".from_pretrained({base!r}), 'adapter')`."]
+    if "model" in parts:
+        lines += ["- `model/`: complete model folder (adapters merged). `Qwen2_5_VLForConditionalGeneration"
+                  ".from_pretrained('model')`."]
+    if "dve" in parts:
+        lines += ["- `dve/`: Dynamic Vision Encoder weights (FDLinear). Stock loaders cannot use them: an FDLinear "
+                  "computes a new weight per image. `model/` stores each FDLinear as its static base linear, so a "
+                  "stock load runs without the per-image gains; `skinflow.export.load_exported('<this folder>')` "
+                  "re-attaches them and reproduces the stage exactly."]
+    return "\n".join(lines) + "\n"
+
+
+def load_exported(folder: str | Path) -> nn.Module:
+    """The exported ``model/`` with the DVE re-attached from ``dve/`` (when there is one): the stage's model."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from skinflow.models.dve import DVESpec
+
+    folder = Path(folder)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "model", dtype=torch.float32)
+    if (folder / "dve" / "dve.safetensors").exists():
+        spec = DVESpec(**json.loads((folder / "dve" / "dve_config.json").read_text()))
+        attach_dve(model, spec)
+        result = model.load_state_dict(load_file(folder / "dve" / "dve.safetensors"), strict=False)
+        if result.unexpected_keys:
+            raise ExportError(f"{folder / 'dve'} holds weights the model lacks, e.g. {result.unexpected_keys[:3]}")
+    return model
+
+
+def export_command(argv: list[str]) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(prog="python -m skinflow export",
+                                     description="Write a stage checkpoint as a PEFT adapter, a merged model folder "
+                                                 "and the DVE weights, for use outside skinflow.")
+    parser.add_argument("--ckpt", required=True, help="a stage checkpoint (pipeline handoff or Lightning .ckpt)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--merge", action="store_true", help="also write model/: adapters merged, loadable by from_pretrained")
+    ns = parser.parse_args(argv)
+    try:
+        parts = export_stage(ns.ckpt, ns.out, ns.merge)
+    except ExportError as err:
+        sys.exit(f"export: {err}")
+    for name, path in parts.items():
+        print(f"{name}: {path}")
+    return parts
