@@ -1,9 +1,14 @@
 """One Stage II GRPO step of a Qwen2.5-VL-7B-shaped backbone with LoRA and the DVE, in bf16: memory and time split.
 
     python benchmarks/gpu_scale.py                 # one GPU, a few minutes: B=4 images, G=8, 128 new tokens
+    python benchmarks/gpu_scale.py --pretrained-path /models/Qwen2.5-VL-7B-Instruct   # a real local checkout
+    python benchmarks/gpu_scale.py --pretrained-path standin    # the stand-in checkout (real tokenizer, CPU size)
     python benchmarks/gpu_scale.py --tiny          # the tiny backbone on CPU (tests run this)
 
-Random-init weights (nothing downloaded), the kit's tiny tokenizer (its ids are aligned into the 7B config).
+Without ``--pretrained-path``: random-init weights (nothing downloaded), the kit's tiny tokenizer (its ids are
+aligned into the 7B config). With it: the folder's weights, tokenizer, chat template, image processor and
+generation config (neutralised, as in training), exactly the researcher's path; ``standin`` builds the
+stand-in Qwen2.5-VL-3B-Instruct checkout (``skinflow.models.standin``, needs the dev extra) into a temporary folder.
 Random weights rarely emit end-of-sequence, so every completion runs the full 128 tokens: the worst case.
 The step runs through a Lightning ``Trainer`` exactly as in training (``GRPOStage.training_step``: rollout,
 rewards, reference log-probs with adapters off, policy forward, backward, optimizer). Prints the time of each
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -61,14 +67,28 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=448, help="image side in pixels (multiple of 28)")
     parser.add_argument("--micro-batch", type=int, default=8, help="sequences per forward/backward")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps first")
+    parser.add_argument("--pretrained-path", help="a local Qwen2.5-VL-Instruct folder, or 'standin'")
     ns = parser.parse_args()
     if ns.tiny:
         ns.images, ns.group, ns.new_tokens, ns.side, ns.micro_batch = 2, 4, 16, 112, 4
+    path = ns.pretrained_path
+    if path == "standin":
+        import tempfile
+
+        from skinflow.models.standin import build_standin
+
+        path = str(build_standin(Path(tempfile.mkdtemp(prefix="qwen-standin-")) / "Qwen2.5-VL-3B-Instruct"))
+    gpu = torch.cuda.is_available() and not ns.tiny
+    if path:
+        spec = BackboneSpec(preset="qwen2.5-vl-7b", pretrained_path=path, dtype="bfloat16" if gpu else "float32",
+                            gradient_checkpointing=gpu, lora=LoRASpec(r=16, alpha=32),
+                            dve=DVESpec(enabled=True, num_groups=64 if gpu else 8))
+    elif ns.tiny:
         spec = BackboneSpec(lora=LoRASpec(r=4), dve=DVESpec(enabled=True, num_groups=8))
     else:
         spec = BackboneSpec(preset="qwen2.5-vl-7b", random_init=True, dtype="bfloat16", gradient_checkpointing=True,
                             lora=LoRASpec(r=16, alpha=32), dve=DVESpec(enabled=True))
-    device = "gpu" if torch.cuda.is_available() and not ns.tiny else "cpu"
+    device = "gpu" if gpu else "cpu"
     torch.manual_seed(0)
     t0 = time.perf_counter()
     with torch.device("cuda" if device == "gpu" else "cpu"):  # random init where the step runs: seconds, not minutes
@@ -77,6 +97,8 @@ def main() -> None:
                           beta=0.04, lr=5e-7, drop_tied_groups=False, table_every=0)
     print(f"built backbone in {time.perf_counter() - t0:.0f} s: {count_parameters(stage.model) / 1e9:.2f} B parameters, "
           f"{count_parameters(stage.model, True) / 1e6:.1f} M trainable (LoRA + DVE heads)")
+    print(f"backbone: {spec.pretrained_path or spec.preset}; tokenizer: {len(stage.processor.tokenizer)} tokens, "
+          f"stops on {stage.stop_token_ids}")
     rng = np.random.default_rng(0)
     labels = ONTOLOGY.labels[:ns.images]
     items = [{"image": rng.integers(0, 256, (ns.side, ns.side, 3), dtype=np.uint8),

@@ -36,6 +36,13 @@ def test_gpu_scale_runs_tiny_on_cpu():
     assert lines[-1].startswith("step total") and float(lines[-1].split()[2]) >= sum(phases.values()) * 0.9
 
 
+def test_gpu_scale_takes_a_checkout_folder(qwen_standin):
+    """``--pretrained-path``: the folder's weights and real tokenizer (here the stand-in checkout, on CPU)."""
+    out = run("gpu_scale.py", "--tiny", "--pretrained-path", str(qwen_standin), "--warmup", "0")
+    assert f"backbone: {qwen_standin}; tokenizer: 151665 tokens, stops on [151645, 151643]" in out
+    assert out.strip().splitlines()[-1].startswith("step total")
+
+
 def test_grpo_vs_trl_refuses_clearly_without_trl_or_prints_a_ratio():
     import importlib.util
 
