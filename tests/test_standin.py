@@ -237,3 +237,21 @@ def test_export_names_a_bad_checkpoint(tmp_path):
         main(["export", "--ckpt", str(bad), "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match=r"missing\.ckpt not found"):
         main(["export", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "o")])
+
+
+def test_generation_stops_on_every_eos_id_of_the_checkout(qwen_standin):
+    """The checkout stops on <|im_end|> and <|endoftext|>: a model that wants <|endoftext|> (151643) ends after one
+    token, where the tokenizer's EOS alone would run to ``max_new_tokens``."""
+    from skinflow.rl.rollout import completion_mask
+    from skinflow.stages.grpo import GRPOStage
+
+    stage = GRPOStage(standin_spec(qwen_standin), group_size=2, max_new_tokens=5)
+    batch = mixed_batch(stage.processor, sides=((112, 112), (112, 140)))
+    inputs = stage.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
+    wants_endoftext = {"sequence_bias": {(151643,): 100.0}}
+    out = stage.model.generate(**inputs, **stage.sampling_kwargs(), **wants_endoftext)
+    tokens = out[:, batch["prompt_ids"].shape[1]:]
+    mask, clipped = completion_mask(tokens, stage.stop_token_ids)
+    assert tokens.shape[1] == 1 and (tokens[:, 0] == 151643).all() and mask.sum(1).tolist() == [1] * 4
+    kwargs = {**stage.sampling_kwargs(), "eos_token_id": stage.processor.tokenizer.eos_token_id}
+    assert stage.model.generate(**inputs, **kwargs, **wants_endoftext).shape[1] == batch["prompt_ids"].shape[1] + 5
