@@ -7,12 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from skinflow.data.collate import VisionLanguageCollator
-from skinflow.data.formats import Target
 from skinflow.models.backbone import BackboneSpec, LoRASpec, build_backbone
 from skinflow.models.dve import DVESpec
-from skinflow.models.standin import ADDED_TOKENS, FIRST_ADDED_ID, GENERATION_CONFIG, VOCAB_SIZE
-from skinflow.rl.grpo import token_logprobs
+from skinflow.models.standin import ADDED_TOKENS, FIRST_ADDED_ID, GENERATION_CONFIG, VOCAB_SIZE, mixed_prompt_batch
 
 
 def standin_spec(folder, **kwargs) -> BackboneSpec:
@@ -55,36 +52,6 @@ def test_real_tokenizer_chat_template_and_processor_load_from_the_folder(qwen_st
     assert model.generation_config.eos_token_id == [151645, 151643]
 
 
-def mixed_batch(processor, sides=((140, 140), (112, 168), (168, 112))):
-    """Images of different sizes under different prompts: left-padded prompts of different lengths."""
-    rng = np.random.default_rng(0)
-    caption = {"colour": "red", "location": "elbow", "shape": "round"}
-    items = [{"image": rng.integers(0, 256, (*side, 3), dtype=np.uint8),
-              "target": Target("psoriasis", "inflammatory", "non-neoplastic", 3, f"img{i}", caption)}
-             for i, side in enumerate(sides)]
-    collate = VisionLanguageCollator(processor, prompt="mixed", seed=1)
-    return collate(items)
-
-
-def sampled_and_scored(stage, batch, seed=0):
-    """(sampler log-probs, scorer log-probs, mask) of one rollout: the sampler's from ``generate``'s processed
-    scores with the rollout's own arguments, the scorer's from the training forward."""
-    inputs = stage.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
-    torch.manual_seed(seed)
-    rollout = stage.rollout(batch)
-    stage.model.eval()
-    torch.manual_seed(seed)
-    out = stage.model.generate(**inputs, **stage.sampling_kwargs(), output_scores=True, return_dict_in_generate=True)
-    stage.model.train()
-    T = rollout.completion_ids.shape[1]
-    assert torch.equal(out.sequences[:, -T:][rollout.completion_mask], rollout.completion_ids[rollout.completion_mask])
-    sampler = token_logprobs(torch.stack(out.scores, 1)[:, :T], rollout.completion_ids)
-    with torch.no_grad():
-        scorer = token_logprobs(stage.completion_logits(stage.model, rollout), rollout.completion_ids,
-                                stage.hparams.temperature)
-    return sampler, scorer, rollout.completion_mask
-
-
 def test_sampler_and_scorer_agree_under_the_checkpoints_generation_config(qwen_standin):
     """Trained LoRA adapters with dropout 0.05, the public generation config (repetition penalty 1.05, top-k 1),
     prompts of different lengths, left-padded, temperatures 0.7 and 1.3: the sampler's and the scorer's
@@ -99,23 +66,23 @@ def test_sampler_and_scorer_agree_under_the_checkpoints_generation_config(qwen_s
         for p in stage.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))  # trained adapters (LoRA B starts at zero)
         base.model.language_model.norm.weight.mul_(30.0)  # a peaked next-token distribution, as a trained model's
-    batch = mixed_batch(stage.processor)
+    batch = mixed_prompt_batch(stage.processor)
     assert len(set(batch["prompt_mask"].sum(1).tolist())) == 3  # three prompt lengths, left-padded
     stage.train()
     for temperature in (0.7, 1.3):
         stage.hparams.temperature = temperature
-        sampler, scorer, mask = sampled_and_scored(stage, batch)
+        sampler, scorer, mask = stage.sampler_and_scorer_logprobs(batch)
         assert mask.sum() > 10
         assert (sampler[mask] - scorer[mask]).abs().max() < 1e-4, temperature
     neutral = base.generation_config
     base.generation_config = base.checkpoint_generation_config  # what generate merged in before the fix
-    sampler, scorer, mask = sampled_and_scored(stage, batch)
+    sampler, scorer, mask = stage.sampler_and_scorer_logprobs(batch)
     assert (sampler[mask] - scorer[mask]).abs().max() > 0.05
     base.generation_config = neutral
     for layer in stage.model.modules():
         if isinstance(layer, torch.nn.Dropout):
             layer.p = 0.05  # LoRA dropout as configured, active in the train-mode scoring pass
-    sampler, scorer, mask = sampled_and_scored(stage, batch)
+    sampler, scorer, mask = stage.sampler_and_scorer_logprobs(batch)
     assert (sampler[mask] - scorer[mask]).abs().max() > 0.05
 
 
@@ -202,7 +169,7 @@ def test_export_round_trip_adapter_merged_and_dve(qwen_standin, tmp_path, capsys
 
     ckpt, stage = stage_checkpoint(tmp_path / "lora.ckpt", standin_spec(qwen_standin, lora=LoRASpec(r=4, dropout=0.05)))
     stage.eval()
-    batch = mixed_batch(stage.processor)
+    batch = mixed_prompt_batch(stage.processor)
     ours = forward_logits(stage.model, batch)
     main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--merge"])
     assert {"adapter", "model"} <= {p.name for p in (tmp_path / "out").iterdir()}
@@ -246,7 +213,7 @@ def test_generation_stops_on_every_eos_id_of_the_checkout(qwen_standin):
     from skinflow.stages.grpo import GRPOStage
 
     stage = GRPOStage(standin_spec(qwen_standin), group_size=2, max_new_tokens=5)
-    batch = mixed_batch(stage.processor, sides=((112, 112), (112, 140)))
+    batch = mixed_prompt_batch(stage.processor, sides=((112, 112), (112, 140)))
     inputs = stage.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
     wants_endoftext = {"sequence_bias": {(151643,): 100.0}}
     out = stage.model.generate(**inputs, **stage.sampling_kwargs(), **wants_endoftext)

@@ -74,6 +74,7 @@ class TinySize:
     vision_hidden: int = 128
     vision_depth: int = 4
     vision_heads: int = 4
+    rope_theta: float = 10000.0
 
 
 @dataclass
@@ -135,7 +136,7 @@ def tiny_config(size: TinySize, tokenizer) -> Qwen2_5_VLConfig:
             vocab_size=len(tokenizer), hidden_size=size.text_hidden, intermediate_size=2 * size.text_hidden,
             num_hidden_layers=size.text_layers, num_attention_heads=size.text_heads,
             num_key_value_heads=max(1, size.text_heads // 2), max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+            rope_parameters={"rope_type": "default", "rope_theta": size.rope_theta,
                              "mrope_section": [half // 4, rest // 2, rest - rest // 2]},
             bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),

@@ -180,6 +180,22 @@ def build_standin(folder: str | Path, size: StandinSize | None = None, seed: int
     return folder
 
 
+def mixed_prompt_batch(processor, sides=((140, 140), (112, 168), (168, 112)), seed: int = 0) -> dict:
+    """A collated batch of random images of different sizes under the warmup, caption and diagnosis prompts, so
+    prompts of different lengths are left-padded (the case where positions and padding can go wrong)."""
+    import numpy as np
+
+    from skinflow.data.collate import VisionLanguageCollator
+    from skinflow.data.formats import Target
+
+    rng = np.random.default_rng(seed)
+    caption = {"colour": "red", "location": "elbow", "shape": "round"}
+    items = [{"image": rng.integers(0, 256, (*side, 3), dtype=np.uint8),
+              "target": Target("psoriasis", "inflammatory", "non-neoplastic", 3, f"img{i}", caption)}
+             for i, side in enumerate(sides)]
+    return VisionLanguageCollator(processor, prompt="mixed", seed=1)(items)
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m skinflow.models.standin OUT_DIR")

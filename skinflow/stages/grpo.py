@@ -198,6 +198,29 @@ class GRPOStage(SkinflowStage):
         return {"do_sample": True, "num_return_sequences": hp.group_size, "temperature": hp.temperature,
                 "top_p": hp.top_p, "top_k": 0, **self.generation_kwargs()}
 
+    def sampler_and_scorer_logprobs(self, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A fidelity check of one rollout: (sampler log-probs (N, T), scorer log-probs (N, T), completion mask).
+        The sampler's come from ``generate``'s processed scores under the rollout's own arguments (the distribution
+        it drew from), the scorer's from the training forward (``completion_logits``) in the stage's current mode.
+        They agree when nothing but temperature and the suppressed placeholders shapes sampling and no dropout
+        is active; ``benchmarks/checkout_fidelity.py`` and the stand-in tests use it."""
+        inputs = self.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
+        torch.manual_seed(seed)
+        rollout = self.rollout(batch)
+        was_training = self.model.training
+        self.model.eval()
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            out = self.model.generate(**inputs, **self.sampling_kwargs(), output_scores=True, return_dict_in_generate=True)
+        self.model.train(was_training)
+        T, mask = rollout.completion_ids.shape[1], rollout.completion_mask
+        if not torch.equal(out.sequences[:, -T:][mask], rollout.completion_ids[mask]):
+            raise RuntimeError("the check's generate call drew other tokens than the rollout under the same seed")
+        sampler = token_logprobs(torch.stack(out.scores, 1)[:, :T], rollout.completion_ids)
+        with torch.no_grad():
+            scorer = token_logprobs(self.completion_logits(self.model, rollout), rollout.completion_ids, self.hparams.temperature)
+        return sampler, scorer, mask
+
     def completion_logits(self, model: torch.nn.Module, part: Rollout) -> torch.Tensor:
         """Next-token logits at each completion position: (n, T, V). Each distinct image of ``part`` goes through
         ``model``'s vision encoder once (``shared_image_features``), not once per completion."""
