@@ -115,21 +115,28 @@ def first_step_kl(spec: BackboneSpec, ckpt: Path, data_dir: Path, out: Path) -> 
 
 
 def clip_fraction(spec: BackboneSpec, ckpt: Path, data_dir: Path, out: Path) -> None:
+    from skinflow.rl.rewards import REWARDS, register
+
+    # a reward the near-random policy's completions differ in (caption rewards tie at 0 and give no advantage)
+    register("completion_length")(lambda completions, targets: torch.tensor([len(c) / 100 for c in completions]))
     L.seed_everything(0)
-    stage = GRPOStage(spec, rewards=[RewardSpec("caption_fields")], group_size=4, max_new_tokens=24, num_iterations=2,
-                      lr=2e-3, init_from=str(ckpt), table_every=0)
+    stage = GRPOStage(spec, rewards=[RewardSpec("completion_length")], group_size=4, max_new_tokens=24,
+                      num_iterations=2, lr=2e-3, init_from=str(ckpt), table_every=0)
     dm = Fitzpatrick17kDataModule(csv_path=str(data_dir / "labels.csv"), cache_dir=str(out / "cache"), progress=False,
                                   batch_size=4, image_size=112, prompt="caption")
     fractions = []
 
     class Record(L.Callback):
         def on_train_batch_end(self, trainer, module, *args):
-            fractions.append(float(trainer.callback_metrics.get("rl/clip_frac", float("nan"))))
+            m = trainer.callback_metrics
+            fractions.append((float(m["rl/clip_frac"]), float(m["rl/frac_zero_std_groups"])))
 
     trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, callbacks=[Record()], log_every_n_steps=1)
     trainer.fit(stage, dm)
-    print(f"3. rl/clip_frac with mu = 2, eps 0.2, lr 2e-3, per batch: {', '.join(f'{f:.3f}' for f in fractions)}")
+    REWARDS.pop("completion_length")
+    print("3. rl/clip_frac with mu = 2, eps 0.2, lr 2e-3, reward = completion length, per batch (tied-group share): "
+          + ", ".join(f"{c:.3f} ({z:.2f})" for c, z in fractions))
 
 
 def export_round_trip(spec: BackboneSpec, ckpt: Path, out: Path) -> None:

@@ -163,25 +163,12 @@ def test_rollout_is_image_major_and_its_logprobs_match_generate(rollout_batch):
 
     torch.manual_seed(0)
     stage = GRPOStage(max_new_tokens=6, group_size=3, temperature=1.0)
-    stage.model.eval()
-    torch.manual_seed(1)
-    rollout = stage.rollout(rollout_batch)
-    torch.manual_seed(1)
-    out = stage.model.generate(
-        **stage.model_inputs(rollout_batch["prompt_ids"], rollout_batch["prompt_mask"], rollout_batch["pixel_values"],
-                             rollout_batch["image_grid_thw"]),
-        do_sample=True, num_return_sequences=3, top_k=0, temperature=1.0, output_scores=True,
-        return_dict_in_generate=True, **stage.generation_kwargs())
-    T = rollout.completion_ids.shape[1]
-    assert torch.equal(out.sequences[:, -T:].masked_fill(~rollout.completion_mask, 0),
-                       rollout.completion_ids.masked_fill(~rollout.completion_mask, 0))
-    # the sampler's processed scores (placeholders suppressed), the distribution it drew from
-    sampler = token_logprobs(torch.stack(out.scores, 1)[:, :T], rollout.completion_ids)
-    with torch.no_grad():
-        trainer = token_logprobs(stage.completion_logits(stage.model, rollout), rollout.completion_ids)
-    m = rollout.completion_mask
+    # the sampler's processed scores (placeholders suppressed) against the training forward on the same tokens
+    sampler, trainer, m = stage.sampler_and_scorer_logprobs(rollout_batch, seed=1)
     assert torch.allclose(sampler[m], trainer[m], atol=1e-4)
     # the same check with each completion paired with its neighbour group's image fails
+    torch.manual_seed(1)
+    rollout = stage.rollout(rollout_batch)
     swapped = rollout.select(torch.arange(len(rollout.texts)))
     swapped.image_index = 1 - swapped.image_index
     with torch.no_grad():
