@@ -27,6 +27,15 @@ def test_tiny_builds_forwards_and_generates(tiny):
     assert gen.shape == (2, batch["input_ids"].shape[1] + 5)
 
 
+def test_tiny_rotary_positions_resolve_the_image_grid(tiny):
+    """Both image axes of the tiny preset's 3-D positions turn by a usable angle across its smallest image grid
+    (112 px: 4 merged tokens a side); at theta 10,000 the width axis turned 0.01 rad and the warmup lost 0.15 top-1."""
+    from skinflow.models.backbone import mrope_axis_span
+
+    span = mrope_axis_span(tiny[0].config, side=4)
+    assert min(span.values()) > 0.3, span
+
+
 def test_same_seed_same_weights():
     a, _ = build_backbone(BackboneSpec(seed=1))
     b, _ = build_backbone(BackboneSpec(seed=1))

@@ -66,7 +66,16 @@ PRESETS = ("tiny", *PRESET_CONFIGS)
 
 @dataclass
 class TinySize:
-    """Shape of the tiny preset (defaults: 1.7 M parameters)."""
+    """Shape of the tiny preset (defaults: 1.7 M parameters).
+
+    ``rope_theta`` is 20, not the usual 10,000: Qwen2.5-VL's 3-D rotary positions give the image's height and width
+    axes the lowest frequencies of each head (``mrope_section`` [t, h, w] takes them in that order), and the tiny
+    preset's merged grids are 4-5 tokens a side. At 10,000 the width axis then turned by at most 0.013 rad across
+    the whole image (height: 0.4 rad), so the model could hardly tell where in the image a token sits: the
+    standalone synthetic warmup scored test top-1 0.484 with 3-D positions against 0.632 with 1-D ones. At 20 the
+    width axis turns up to 0.6 rad and the same warmup scores 0.632 with 3-D positions. (Pretrained Qwen2.5-VL
+    keeps its own theta; its grids are 16+ tokens a side and its heads learned them.)
+    """
 
     text_hidden: int = 128
     text_layers: int = 2
@@ -74,7 +83,7 @@ class TinySize:
     vision_hidden: int = 128
     vision_depth: int = 4
     vision_heads: int = 4
-    rope_theta: float = 10000.0
+    rope_theta: float = 20.0
 
 
 @dataclass
@@ -148,6 +157,24 @@ def tiny_config(size: TinySize, tokenizer) -> Qwen2_5_VLConfig:
         tie_word_embeddings=False,
     )
     return align_token_ids(config, tokenizer)
+
+
+def mrope_axis_span(config: Qwen2_5_VLConfig, side: int) -> dict[str, float]:
+    """The largest rotation (radians) the height and width axes of Qwen2.5-VL's 3-D rotary positions make across an
+    image ``side`` merged tokens wide: the axis's highest frequency times (side - 1). ``mrope_section`` [t, h, w]
+    hands each axis a contiguous block of a head's frequency pairs, lowest frequencies last, so a small theta or a
+    narrow grid can leave the width axis nearly blind to where a token sits (see ``TinySize``).
+
+    >>> span = mrope_axis_span(tiny_config(TinySize(rope_theta=10000.0), AutoTokenizer.from_pretrained(TINY_TOKENIZER_DIR)), 5)
+    >>> round(span["h"], 3), round(span["w"], 3)
+    (0.4, 0.013)
+    """
+    text = config.text_config
+    rope = text.rope_parameters
+    t, h, _ = rope["mrope_section"]
+    pairs = text.hidden_size // text.num_attention_heads // 2
+    frequency = lambda i: rope["rope_theta"] ** (-2 * i / (2 * pairs))  # noqa: E731  pair i of a head
+    return {"h": frequency(t) * (side - 1), "w": frequency(t + h) * (side - 1)}
 
 
 def align_token_ids(config: Qwen2_5_VLConfig, tokenizer) -> Qwen2_5_VLConfig:
