@@ -121,7 +121,8 @@ def export_note(ckpt, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Pat
     lines = [f"# Export of {ckpt}", "", f"Stage `{checkpoint.get('skinflow_stage', '?')}` on backbone {base}.", ""]
     if "adapter" in parts:
         lines += ["- `adapter/`: PEFT LoRA adapter. `PeftModel.from_pretrained(Qwen2_5_VLForConditionalGeneration"
-                  f".from_pretrained({base!r}), 'adapter')`."]
+                  f".from_pretrained({base!r}), 'adapter')`."
+                  + (" It was trained beside the DVE heads: on the stock base it runs without them." if "dve" in parts else "")]
     if "model" in parts:
         lines += ["- `model/`: complete model folder (adapters merged). `Qwen2_5_VLForConditionalGeneration"
                   ".from_pretrained('model')`."]
