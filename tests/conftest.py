@@ -101,7 +101,7 @@ def ablation_grid(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen_standin(tmp_path_factory) -> Path:
     """A folder laid out as a Hugging Face download of Qwen2.5-VL-3B-Instruct (real tokenizer, chat template and
-    generation config; random weights at CPU size), built once per session (about 15 s)."""
+    generation config; random weights at CPU size), built once per session (about 6 s)."""
     pytest.importorskip("dashscope", reason="the stand-in checkout needs the dashscope test extra (pip install -e '.[dev]')")
     from skinflow.models.standin import build_standin
 
