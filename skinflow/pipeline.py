@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from skinflow.data.names import file_stem
+
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = (
@@ -87,6 +89,9 @@ def load_pipeline(path: str | Path) -> Pipeline:
         bad = set(entry) - STAGE_KEYS
         if bad:
             raise PipelineError(f"{where} ({entry['name']}): unknown keys {sorted(bad)}; allowed: {sorted(STAGE_KEYS)}")
+        if not isinstance(entry["name"], str) or file_stem(entry["name"], "") != entry["name"]:
+            raise PipelineError(f"{where}: stage name {entry['name']!r} must use only letters, digits, '.', '_' and "
+                                "'-' (it names the stage's checkpoint file)")
         if entry["name"] in names:
             raise PipelineError(f"{where}: stage name {entry['name']!r} is used twice")
         names.add(entry["name"])

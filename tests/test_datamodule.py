@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -82,6 +83,35 @@ def test_unknown_label_fails_naming_the_row(tmp_path, synth_dir):
     df.to_csv(csv, index=False)
     with pytest.raises(DataError, match=r"row 6 .*'dragon pox'"):
         make_dm(tmp_path, csv).prepare_data()
+
+
+@pytest.mark.parametrize("bad_id", ["../../outside", "/etc/passwd", "..", "E438AC94425903AE88EF3DE457DEBCFC"])
+def test_ids_that_are_not_plain_file_names_or_md5s_fail_naming_the_row(tmp_path, synth_dir, bad_id):
+    """An md5hash names the image file it is read from: traversal and absolute paths never reach the file system."""
+    csv = copy_dataset(synth_dir, tmp_path / "data")
+    df = pd.read_csv(csv, keep_default_na=False)
+    df.loc[5, "md5hash"] = bad_id
+    df.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=rf"row 7: md5hash {re.escape(repr(bad_id))} is not a valid image id"):
+        make_dm(tmp_path, csv).prepare_data()
+    # a permissive id pattern still refuses a path
+    if "/" in bad_id or bad_id == "..":
+        with pytest.raises(DataError, match="row 7"):
+            make_dm(tmp_path, csv, id_pattern=r".*").prepare_data()
+
+
+def test_other_id_patterns_are_declared_and_then_load(tmp_path, synth_dir):
+    csv = copy_dataset(synth_dir, tmp_path / "data")
+    df = pd.read_csv(csv, keep_default_na=False)
+    (csv.parent / "images" / f"{df.md5hash[0]}.jpg").rename(csv.parent / "images" / "case_0001.jpg")
+    df.loc[0, "md5hash"] = "case_0001"
+    df.to_csv(csv, index=False)
+    with pytest.raises(DataError, match=r"row 2: md5hash 'case_0001'"):
+        make_dm(tmp_path, csv).prepare_data()
+    dm = make_dm(tmp_path, csv, id_pattern=r"[0-9a-f]{32}|case_\d{4}")
+    dm.prepare_data()
+    dm.setup()
+    assert "case_0001" in {r["md5hash"] for ds in dm.splits.values() for r in ds.records}
 
 
 def test_duplicates_and_wrongly_labelled_rows_are_dropped_and_counted(tmp_path, synth_dir):

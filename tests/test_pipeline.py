@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 
 from skinflow.cli import main
 from skinflow.pipeline import PipelineError, load_pipeline
@@ -74,6 +75,11 @@ def test_pipeline_file_errors_name_the_key(tmp_path):
     bad.write_text("stages:\n  - name: a\n    config: missing.yaml\n")
     with pytest.raises(PipelineError, match=r"p\.yaml stages\[0\] \(a\): config .*missing\.yaml not found"):
         load_pipeline(bad)
+    (tmp_path / "c.yaml").write_text("model: {}\n")
+    for name in ("../escape", "/abs", ".hidden", "a b"):
+        bad.write_text(yaml.safe_dump({"stages": [{"name": name, "config": "c.yaml"}]}))
+        with pytest.raises(PipelineError, match=r"stage name .* must use only letters"):
+            load_pipeline(bad)
     bad.write_text("stage: []\n")
     with pytest.raises(PipelineError, match=r"unknown keys \['stage'\]"):
         load_pipeline(bad)

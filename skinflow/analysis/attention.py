@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import Callback
 
 from skinflow.analysis.plotting import pyplot, save_figure
+from skinflow.data.names import file_stem
 
 
 def top_share(weights: torch.Tensor, fraction: float = 0.1) -> float:
@@ -147,7 +148,7 @@ class AttentionMaps(Callback):
             return
         with tempfile.TemporaryDirectory() as folder:
             for i, (item, entry) in enumerate(zip(items, self.last)):
-                name = f"{i}_{item['target'].md5hash or 'image'}.png"
+                name = f"{i}_{file_stem(item['target'].md5hash, 'image')}.png"  # ids may come from any dataset
                 title = f"{item['target'].label} · step {trainer.global_step}"
                 overlay_png(item["image"], entry["map"], Path(folder) / name, title)
             logger.experiment.log_artifacts(logger.run_id, folder, f"attention/step{trainer.global_step:06d}")

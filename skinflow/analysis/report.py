@@ -23,6 +23,7 @@ from pathlib import Path
 
 from skinflow.analysis.compare import CompareError, client_for
 from skinflow.analysis.plotting import pyplot
+from skinflow.data.names import file_stem
 from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI
 
 TABLE_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6",
@@ -184,7 +185,7 @@ def report_command(argv: list[str]) -> Path:
         page = build_report(ns.run_id, ns.tracking_uri)
     except CompareError as error:
         parser.exit(2, f"report: {error}\n")
-    out = Path(ns.out or Path("mlruns") / "reports" / f"{ns.run_id}.html")
+    out = Path(ns.out or Path("mlruns") / "reports" / f"{file_stem(ns.run_id, 'run')}.html")  # the id stays a name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)
     if ns.log_to_mlflow:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from skinflow.data.captions import read_captions
 from skinflow.data.collate import MIXED, VisionLanguageCollator
 from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, PROMPTS, Target
+from skinflow.data.names import MD5_PATTERN, invalid_ids
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.data.splits import PRESETS, assign_splits
 from skinflow.data.synthetic import RENDER_VERSION, generate
@@ -124,6 +125,10 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         num_workers: DataLoader workers.
         strict_images: raise on a missing or unreadable image instead of skipping it.
         progress: show the image-check progress bar.
+        id_pattern: regular expression every ``md5hash`` must match in full (default: 32 lower-case hex
+            characters, Fitzpatrick17k's MD5 of the image bytes); ids name image files, so whatever the pattern,
+            an id must also be a plain file name (no ``/``, ``..``, absolute path). A row that fails stops loading
+            with an error naming it.
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         num_workers: int = 0,
         strict_images: bool = False,
         progress: bool = True,
+        id_pattern: str = MD5_PATTERN,
     ):
         super().__init__()
         if split not in PRESETS:
@@ -185,7 +191,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         if self.image_folder.is_dir():
             for entry in sorted(os.scandir(self.image_folder), key=lambda e: e.name):
                 h.update(f"{entry.name}:{entry.stat().st_size}\n".encode())
-        keys = ("drop_wrongly_labelled", "fitzpatrick_column")
+        keys = ("drop_wrongly_labelled", "fitzpatrick_column", "id_pattern")
         h.update(json.dumps({k: self.hparams[k] for k in keys}, sort_keys=True).encode())
         return h.hexdigest()[:16]
 
@@ -215,6 +221,14 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         for column in (*REQUIRED_COLUMNS, fst):
             if column not in df.columns:
                 raise DataError(f"{self.csv_file}: required column {column!r} is missing (columns: {list(df.columns)})")
+        bad_ids = invalid_ids(df["md5hash"].tolist(), self.hparams.id_pattern)
+        if bad_ids:
+            row = bad_ids[0]
+            raise DataError(
+                f"{self.csv_file} row {row + 2}: md5hash {df['md5hash'].iloc[row]!r} is not a valid image id (it must "
+                f"match {self.hparams.id_pattern!r} and be a plain file name inside {self.image_folder}; "
+                f"{len(bad_ids)} such rows; set id_pattern for other ids)"
+            )
         unknown = ~df["label"].isin(ONTOLOGY.labels)
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
