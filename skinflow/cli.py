@@ -62,6 +62,10 @@ def synth_command(argv: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=160, help="image side in pixels")
     ns = parser.parse_args(argv)
+    if ns.per_class < 1:
+        parser.error(f"--per-class {ns.per_class}: at least 1 image per class")
+    if ns.size < 28:
+        parser.error(f"--size {ns.size}: images need at least 28 pixels a side (one merged patch)")
     print(generate(ns.out, ns.per_class, ns.seed, ns.size))
 
 

@@ -30,24 +30,11 @@ from torch import nn
 from skinflow.models.backbone import BackboneSpec, build_backbone, spec_from_dict
 from skinflow.models.dve import attach_dve
 from skinflow.models.fdlinear import FDLinear
+from skinflow.stages.base import CheckpointMismatch, read_stage_checkpoint
 
 
 class ExportError(ValueError):
     pass
-
-
-def read_stage_checkpoint(path: str | Path) -> dict:
-    """A stage checkpoint's dict; a clear error naming the file when it is missing, corrupt or not a stage's."""
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"checkpoint {path} not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001  torch raises many kinds for a damaged file
-        raise ExportError(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from err
-    if not isinstance(checkpoint, dict) or "backbone_identity" not in checkpoint or "state_dict" not in checkpoint:
-        raise ExportError(f"checkpoint {path} is not a skinflow stage checkpoint (no backbone_identity/state_dict)")
-    return checkpoint
 
 
 def load_stage_model(checkpoint: dict, source: str) -> tuple[nn.Module, object, BackboneSpec]:
@@ -92,7 +79,10 @@ def export_stage(ckpt: str | Path, out: str | Path, merge: bool = False) -> dict
     """Write the exported parts of ``ckpt`` into ``out``; returns {part: folder}."""
     from safetensors.torch import save_file
 
-    checkpoint = read_stage_checkpoint(ckpt)
+    try:
+        checkpoint = read_stage_checkpoint(ckpt)
+    except CheckpointMismatch as err:
+        raise ExportError(str(err)) from err
     model, processor, spec = load_stage_model(checkpoint, str(ckpt))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -302,3 +302,7 @@ def test_bad_settings_are_refused():
         GRPOStage(loss="ppo")
     with pytest.raises(ValueError, match="group_size=1"):
         GRPOStage(group_size=1)
+    with pytest.raises(ValueError, match="num_iterations=0"):  # was KeyError: 'tokens' in the first step
+        GRPOStage(num_iterations=0)
+    with pytest.raises(ValueError, match="micro_batch_size=0"):
+        GRPOStage(micro_batch_size=0)

@@ -98,3 +98,24 @@ def test_mismatched_backbone_is_refused_naming_both(tmp_path):
     torch.save(checkpoint, tmp_path / "b.ckpt")
     with pytest.raises(CheckpointMismatch, match=r"b\.ckpt.*preset='tiny'.*config=\w+.*this stage's backbone is preset='tiny'"):
         WarmupStage(init_from=str(tmp_path / "b.ckpt"))
+
+
+def test_an_unreadable_init_from_fails_naming_the_file(tmp_path):
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(b"\x80\x02 not a checkpoint")
+    with pytest.raises(CheckpointMismatch, match=r"damaged\.ckpt could not be read"):
+        WarmupStage(init_from=str(damaged))
+    with pytest.raises(CheckpointMismatch, match=r"nowhere\.ckpt not found"):
+        WarmupStage(init_from=str(tmp_path / "nowhere.ckpt"))
+    torch.save({"weights": 1}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointMismatch, match=r"other\.ckpt is not a skinflow stage checkpoint"):
+        WarmupStage(init_from=str(tmp_path / "other.ckpt"))
+
+
+def test_synth_refuses_an_empty_set(tmp_path, capsys):
+    from skinflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["synth", "--out", str(tmp_path / "s"), "--per-class", "0"])
+    assert "--per-class 0: at least 1 image per class" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -85,6 +85,20 @@ class CheckpointMismatch(RuntimeError):
     pass
 
 
+def read_stage_checkpoint(path: str | Path) -> dict:
+    """A stage checkpoint's dict; one clear error naming the file when it is missing, damaged or not a stage's."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMismatch(f"checkpoint {path} not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001  torch raises many kinds for a damaged file
+        raise CheckpointMismatch(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from err
+    if not isinstance(checkpoint, dict) or "backbone_identity" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointMismatch(f"checkpoint {path} is not a skinflow stage checkpoint (no backbone_identity/state_dict)")
+    return checkpoint
+
+
 def _describe(identity: dict | None) -> str:
     if identity is None:
         return "unknown"
@@ -254,7 +268,7 @@ class SkinflowStage(LightningModule):
 
     def load_trainable(self, path: str | Path) -> None:
         """Load a previous stage's trainable weights (``init_from``); the backbones must match."""
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = read_stage_checkpoint(path)
         self.check_identity(checkpoint, str(path))
         missing = set(checkpoint["state_dict"]) - set(self.state_dict())
         if missing:

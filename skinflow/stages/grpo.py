@@ -109,6 +109,10 @@ class GRPOStage(SkinflowStage):
             raise ValueError(f"loss={loss!r} is not one of {sorted(LOSS_WEIGHTS)}")
         if advantage_scale not in ("std", "none"):
             raise ValueError(f"advantage_scale={advantage_scale!r} is not 'std' or 'none'")
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations={num_iterations}: mu, the optimisation passes per rollout, must be at least 1")
+        if micro_batch_size is not None and micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size={micro_batch_size} must be at least 1 (or null: the whole rollout)")
         if group_size < 2:
             raise ValueError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
         super().__init__(backbone, max_new_tokens, init_from, grading)
