@@ -173,9 +173,9 @@ def main() -> None:
     first_step_kl(spec, ckpt, out / "lesions", out)
     clip_fraction(spec, ckpt, out / "lesions", out)
     export_round_trip(spec, ckpt, out)
-    n = sum(p.numel() for p in WarmupStage(spec).model.parameters())
-    print(f"5. {n / 1e6:.1f} M parameters with LoRA and the DVE; FDLinear layers: "
-          f"{sum(isinstance(m, FDLinear) for m in WarmupStage(spec).model.modules())}")
+    model = WarmupStage(spec).model
+    print(f"5. {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters with LoRA and the DVE; FDLinear "
+          f"layers: {sum(isinstance(m, FDLinear) for m in model.modules())}")
 
 
 if __name__ == "__main__":

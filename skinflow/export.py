@@ -1,7 +1,8 @@
 """``python -m skinflow export --ckpt <stage checkpoint> --out DIR [--merge]``: a stage's weights for use outside skinflow.
 
 A stage checkpoint holds trainable weights and the backbone's identity only. Export rebuilds the backbone from that
-identity (the same ``pretrained_path`` must be readable), loads the weights and writes into ``DIR``:
+identity (the same ``pretrained_path`` must be readable; a changed one is refused naming both), loads the weights
+as ``init_from`` does and writes into ``DIR``:
 
 - ``adapter/`` (LoRA stages): a PEFT adapter, ``adapter_config.json`` + ``adapter_model.safetensors``, loadable
   with ``PeftModel.from_pretrained(<base model>, DIR/adapter)`` on the stock base checkpoint;
@@ -27,25 +28,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skinflow.models.backbone import BackboneSpec, build_backbone, spec_from_dict
+from skinflow.models.backbone import BackboneSpec, spec_from_dict
 from skinflow.models.dve import attach_dve
 from skinflow.models.fdlinear import FDLinear
-from skinflow.stages.base import CheckpointMismatch, read_stage_checkpoint
+from skinflow.stages.base import CheckpointMismatch, SkinflowStage, read_stage_checkpoint
 
 
 class ExportError(ValueError):
     pass
-
-
-def load_stage_model(checkpoint: dict, source: str) -> tuple[nn.Module, object, BackboneSpec]:
-    """``(model, processor, spec)``: the backbone of the checkpoint's identity with its trainable weights loaded."""
-    spec = spec_from_dict(checkpoint["backbone_identity"]["spec"])
-    model, processor = build_backbone(spec)
-    weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
-    result = model.load_state_dict(weights, strict=False)
-    if result.unexpected_keys:
-        raise ExportError(f"checkpoint {source} holds weights its backbone lacks, e.g. {result.unexpected_keys[:3]}")
-    return model, processor, spec
 
 
 def static_linear(layer: FDLinear) -> nn.Linear:
@@ -81,9 +71,12 @@ def export_stage(ckpt: str | Path, out: str | Path, merge: bool = False) -> dict
 
     try:
         checkpoint = read_stage_checkpoint(ckpt)
+        spec = spec_from_dict(checkpoint["backbone_identity"]["spec"])
+        stage = SkinflowStage(spec)  # the backbone the checkpoint was trained on
+        stage.load_checkpoint_weights(checkpoint, str(ckpt))
     except CheckpointMismatch as err:
         raise ExportError(str(err)) from err
-    model, processor, spec = load_stage_model(checkpoint, str(ckpt))
+    model, processor = stage.model, stage.processor
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parts: dict[str, Path] = {}

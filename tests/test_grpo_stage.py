@@ -46,14 +46,14 @@ def policy_logprobs(stage, rollout):
 
 def lora_checkpoint(path, spec, scale=0.2):
     """A previous stage's checkpoint: LoRA adapters and DVE heads moved away from their zero start."""
-    from skinflow.models.backbone import backbone_identity
-
     torch.manual_seed(1)
     previous = GRPOStage(spec, max_new_tokens=6, group_size=2, beta=0)
     with torch.no_grad():
         for p in previous.trainable_parameters():
             p.add_(scale * torch.randn_like(p))
-    torch.save({"state_dict": previous.trainable_state_dict(), "backbone_identity": backbone_identity(spec, previous.model)}, path)
+    checkpoint = {}
+    previous.on_save_checkpoint(checkpoint)  # what a stage's checkpoint holds: trainable weights + identity
+    torch.save(checkpoint, path)
     return path
 
 

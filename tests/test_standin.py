@@ -138,7 +138,6 @@ def test_warmup_stage1_stage2_pipeline_on_the_standin_with_lora_and_dve(qwen_sta
 def stage_checkpoint(path, spec, seed=0):
     """A stage checkpoint (trainable weights + identity, as the pipeline hands over) with trained-looking weights;
     returns (path, stage)."""
-    from skinflow.models.backbone import backbone_identity
     from skinflow.stages.warmup import WarmupStage
 
     torch.manual_seed(seed)
@@ -146,8 +145,9 @@ def stage_checkpoint(path, spec, seed=0):
     with torch.no_grad():
         for p in stage.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
-    torch.save({"state_dict": stage.trainable_state_dict(), "backbone_identity": backbone_identity(spec, stage.model),
-                "skinflow_stage": "warmup"}, path)
+    checkpoint = {}
+    stage.on_save_checkpoint(checkpoint)  # trainable weights + identity, as the pipeline hands over
+    torch.save(checkpoint, path)
     return path, stage
 
 

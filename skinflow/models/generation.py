@@ -41,13 +41,12 @@ def stop_token_ids(checkpoint_config: GenerationConfig | None, tokenizer) -> lis
     return ids
 
 
-def neutral_generation_config(model: torch.nn.Module, tokenizer) -> list[int]:
-    """Replace ``model.generation_config`` by one that holds only token ids; keep the checkpoint's as
-    ``model.checkpoint_generation_config``. Returns the stop ids."""
+def neutral_generation_config(model: torch.nn.Module, tokenizer) -> None:
+    """Replace ``model.generation_config`` by one that holds only token ids (its ``eos_token_id`` the stop ids);
+    keep the checkpoint's as ``model.checkpoint_generation_config``."""
     checkpoint = getattr(model, "generation_config", None)
-    stops = stop_token_ids(checkpoint, tokenizer)
     model.checkpoint_generation_config = checkpoint
     model.generation_config = GenerationConfig(
-        bos_token_id=getattr(checkpoint, "bos_token_id", None), eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=getattr(checkpoint, "bos_token_id", None), eos_token_id=stop_token_ids(checkpoint, tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
     )
-    return stops

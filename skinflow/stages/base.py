@@ -268,11 +268,15 @@ class SkinflowStage(LightningModule):
 
     def load_trainable(self, path: str | Path) -> None:
         """Load a previous stage's trainable weights (``init_from``); the backbones must match."""
-        checkpoint = read_stage_checkpoint(path)
-        self.check_identity(checkpoint, str(path))
+        self.load_checkpoint_weights(read_stage_checkpoint(path), str(path))
+
+    def load_checkpoint_weights(self, checkpoint: dict, source: str) -> None:
+        """Load the trainable weights of a stage checkpoint already read (``read_stage_checkpoint``); refuses one
+        made on another backbone, or holding weights this stage lacks, naming ``source``."""
+        self.check_identity(checkpoint, source)
         missing = set(checkpoint["state_dict"]) - set(self.state_dict())
         if missing:
-            raise CheckpointMismatch(f"checkpoint {path} holds weights this stage lacks, e.g. {sorted(missing)[:3]}")
+            raise CheckpointMismatch(f"checkpoint {source} holds weights this stage lacks, e.g. {sorted(missing)[:3]}")
         self.load_state_dict(checkpoint["state_dict"], strict=False)
 
     def on_fit_start(self) -> None:
