@@ -26,11 +26,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
+from skinflow.resume import SIGTERM_EXIT, Preemption, ResumeError, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
 from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "skinflow.tracking.mlflow.SkinflowMLFlowLogger"},
     "default_root_dir": "mlruns",
+    "callbacks": [Preemption()],  # LightningCLI appends default callbacks to the configured ones
 }
 
 
@@ -38,6 +40,19 @@ class SkinflowCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, run the test split on the best checkpoint (fit only)")
+
+    def before_instantiate_classes(self) -> None:
+        """Name the MLflow run (``<stage>-<config>-seed<N>``) and resolve ``--ckpt_path`` to the run it continues
+        (``skinflow.resume``)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        logger = mlflow_logger_args(config)
+        if logger is None:
+            return
+        if not logger.get("run_name"):
+            logger.run_name = default_run_name(config)
+        if self.subcommand == "fit":
+            resolve_resume(config, run_key(self._parser(self.subcommand), config),
+                           config.trainer.default_root_dir or "mlruns")
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):
@@ -104,8 +119,16 @@ KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command, "ablate": 
 
 
 def main(argv: list[str] | None = None) -> None:
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     words = sys.argv[1:] if argv is None else argv
-    if words and words[0] in KIT_COMMANDS:
-        KIT_COMMANDS[words[0]](words[1:])
-    else:
-        lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+    try:
+        if words and words[0] in KIT_COMMANDS:
+            KIT_COMMANDS[words[0]](words[1:])
+        else:
+            lightning_cli(argv)  # None: LightningCLI reads sys.argv itself
+    except SIGTERMException:  # Lightning raises it as SystemExit(None): status 0 would report success
+        sys.exit(SIGTERM_EXIT)
+    except ResumeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

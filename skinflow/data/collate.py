@@ -50,18 +50,21 @@ class VisionLanguageCollator:
         self.with_caption = with_caption
         self.rng = random.Random(seed)
 
-    def task(self, target: Target) -> str:
+    def task(self, target: Target, seed: int | None = None) -> str:
+        """The item's prompt; ``mixed`` draws it from the item's seed when it has one (a training item from
+        ``EpochShuffle``: the same draw in a resumed run), else from the collator's own stream."""
         if self.prompt != MIXED:
             return self.prompt
-        return self.rng.choice(["warmup", "diagnosis", *(["caption"] if self.with_caption and target.caption else [])])
+        rng = self.rng if seed is None else random.Random(seed)
+        return rng.choice(["warmup", "diagnosis", *(["caption"] if self.with_caption and target.caption else [])])
 
     def __call__(self, items: list[dict]) -> dict:
         tok = self.processor.tokenizer
         vision = self.processor.images([item["image"] for item in items])
         targets: list[Target] = [item["target"] for item in items]
         prompts, fulls, labels, contents = [], [], [], []
-        for grid, target in zip(vision["image_grid_thw"], targets):
-            task = self.task(target)
+        for grid, target, item in zip(vision["image_grid_thw"], targets, items):
+            task = self.task(target, item.get("seed"))
             prompt = tok(self.processor.expand_image_tokens(self.prompt_texts[task], grid), add_special_tokens=False)["input_ids"]
             text = render_target(target, self.with_caption, task)
             encoded = tok(text + tok.eos_token, add_special_tokens=False, return_offsets_mapping=True)

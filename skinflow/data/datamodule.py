@@ -28,6 +28,7 @@ from skinflow.data.captions import read_captions
 from skinflow.data.collate import MIXED, VisionLanguageCollator
 from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, PROMPTS, Target
 from skinflow.data.names import MD5_PATTERN, invalid_ids
+from skinflow.data.order import EpochShuffle, ResumableLoader, reseed
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.data.splits import PRESETS, assign_splits
 from skinflow.data.synthetic import RENDER_VERSION, generate
@@ -81,11 +82,16 @@ class RecordDataset(Dataset):
             differential=self.differentials.get(row["label"], (row["label"],)),
         )
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an index, or ``(index, item_seed)`` from ``EpochShuffle``: the augmentation and the ``mixed``
+        prompt draw then depend on the item's seed alone (``skinflow.data.order``)."""
+        i, seed = key if isinstance(key, tuple) else (key, None)
         row = self.records[i]
         with Image.open(self.image_dir / row["image_file"]) as img:
             image = np.asarray(img.convert("RGB"))
-        return {"image": self.transform(image=image)["image"], "target": self.target(row)}
+        if seed is not None:
+            reseed(self.transform, seed)
+        return {"image": self.transform(image=image)["image"], "target": self.target(row), "seed": seed}
 
 
 class Fitzpatrick17kDataModule(LightningDataModule):
@@ -173,6 +179,8 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         self.processor = None
         self.report: dict = {}
         self.splits: dict[str, RecordDataset] = {}
+        self._train_sampler: EpochShuffle | None = None
+        self._resume_order: dict | None = None
 
     # -- paths -------------------------------------------------------------------------------------------------
     @property
@@ -382,11 +390,49 @@ class Fitzpatrick17kDataModule(LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         batch = self.hparams.batch_size if name == "train" else (self.hparams.eval_batch_size or self.hparams.batch_size)
-        return DataLoader(
-            self.splits[name], batch_size=batch, shuffle=shuffle, num_workers=self.hparams.num_workers,
-            collate_fn=self.collator(name), drop_last=False, persistent_workers=self.hparams.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.training_seed) if shuffle else None,
-        )
+        options = dict(batch_size=batch, num_workers=self.hparams.num_workers, collate_fn=self.collator(name),
+                       drop_last=False, persistent_workers=self.hparams.num_workers > 0,
+                       # its own generator: creating an iterator then draws no number from torch's global stream,
+                       # which a resumed run must find where the interrupted run left it
+                       generator=torch.Generator().manual_seed(self.training_seed))
+        if not shuffle:
+            return DataLoader(self.splits[name], shuffle=False, **options)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochShuffle(len(self.splits[name]), self.training_seed, world, rank)
+        if trainer is not None:
+            sampler.set_epoch(trainer.current_epoch)
+        if self._resume_order is not None:  # a resumed fit: continue the epoch where the checkpoint left it
+            order, self._resume_order = self._resume_order, None
+            theirs, ours = (order["seed"], order["num_replicas"]), (sampler.seed, sampler.num_replicas)
+            if theirs != ours:
+                raise DataError(f"the checkpoint's data order (seed, processes) {theirs} is not this run's {ours}: "
+                                "resume with the seed and number of processes the run started with")
+            sampler.set_epoch(order["epoch"])
+            sampler.resume(order["epoch"], order["batches_done"] * options["batch_size"])
+        self._train_sampler = sampler
+        return ResumableLoader(self.splits[name], sampler=sampler, **options)
+
+    def _batches_done(self) -> int:
+        """Training batches the trainer has finished in the current epoch (what a resumed loader skips). Read when
+        a checkpoint is written: Lightning has prefetched the next batch by then, so a count kept by the loader
+        would be one ahead."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    # -- resume ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The training order's position, saved in every checkpoint (``skinflow.data.order``). Restored before
+        Lightning first builds the training loader (it does so early, to count the steps of the schedule)."""
+        sampler = self._train_sampler
+        if sampler is None:
+            return {}
+        return {"train_order": {"seed": sampler.seed, "epoch": sampler.epoch, "num_replicas": sampler.num_replicas,
+                                "batches_done": int(self._batches_done())}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_order = state.get("train_order")
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

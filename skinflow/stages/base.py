@@ -12,8 +12,10 @@ fresh stage and refuses one made on a different backbone, naming both.
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from torch import nn
@@ -79,6 +81,23 @@ def adamw_with_schedule(params, lr: float, weight_decay: float, betas: tuple[flo
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def rng_states() -> dict:
+    """The torch, CUDA, numpy and python generator states, in types torch's ``weights_only`` loader accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": (str(kind), torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)),
+            "python": random.getstate()}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(states["python"])
 
 
 class CheckpointMismatch(RuntimeError):
@@ -254,6 +273,12 @@ class SkinflowStage(LightningModule):
         checkpoint["state_dict"] = self.trainable_state_dict()
         checkpoint["backbone_identity"] = backbone_identity(self.backbone_spec, self.model)
         checkpoint["skinflow_stage"] = self.stage_name
+        # torch / numpy / python (and CUDA) generator states: dropout and GRPO's sampling continue as they would
+        # have (the data order does not need them: ``skinflow.data.order``)
+        checkpoint["rng_states"] = rng_states()
+        logger = self.logger if self._trainer is not None else None
+        if logger is not None and hasattr(logger, "run_id"):  # the MLflow run a resume continues
+            checkpoint["skinflow_run"] = {"run_id": logger.run_id, "experiment_id": getattr(logger, "experiment_id", None)}
 
     def check_identity(self, checkpoint: dict, source: str) -> None:
         theirs = checkpoint.get("backbone_identity")
@@ -265,6 +290,13 @@ class SkinflowStage(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.check_identity(checkpoint, "being resumed")
+        self._rng_to_restore = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        # restored here, after the data loaders and their first prefetch, right before the first resumed step
+        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if states is not None:
+            set_rng_states(states)
 
     def load_trainable(self, path: str | Path) -> None:
         """Load a previous stage's trainable weights (``init_from``); the backbones must match."""

@@ -8,13 +8,17 @@ resolved config as an artifact instead and tags the run with the stage name and 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_only
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns/artifacts"
@@ -59,15 +63,78 @@ def store_locations(tracking_uri: str, artifact_location: str) -> tuple[str, str
     return tracking_uri, artifact_location
 
 
+class StoreError(ValueError):
+    """A tracking URI that names no store, or a damaged one (read-only commands never create one)."""
+
+
+def sqlite_file(tracking_uri: str) -> Path | None:
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
+
+
+def existing_client(tracking_uri: str):
+    """An ``MlflowClient`` for a store that exists, ``None`` for an sqlite file that does not (nothing is created).
+
+    A zero-byte sqlite file is not a store (MLflow would silently initialise it): :class:`StoreError`."""
+    from mlflow import MlflowClient
+
+    path = sqlite_file(tracking_uri)
+    if path is not None:
+        if not path.is_file():
+            return None
+        if path.stat().st_size == 0:
+            raise StoreError(f"{path} is an empty file, not an MLflow store; remove it or point --tracking-uri at the store")
+    return MlflowClient(resolve_tracking_uri(tracking_uri))
+
+
+def client_for_existing(tracking_uri: str):
+    """A client for read-only commands: one clear error when the URI names no store."""
+    client = existing_client(tracking_uri)
+    if client is None:
+        raise StoreError(f"no MLflow store at {resolve_tracking_uri(tracking_uri)} (the file does not exist); "
+                         "check --tracking-uri, or run from the folder that holds mlruns/")
+    return client
+
+
+@contextmanager
+def store_lock(tracking_uri: str):
+    """An exclusive lock beside an sqlite store while it is created or an experiment is added: two first runs on
+    a fresh store otherwise race on MLflow's schema creation (``table ... already exists``)."""
+    path = sqlite_file(tracking_uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location: str) -> str:
+    """The id of ``experiment_name``, creating the store and the experiment under :func:`store_lock`."""
+    from mlflow import MlflowClient
+
+    path = sqlite_file(tracking_uri)
+    if path is not None and path.is_file() and path.stat().st_size == 0:
+        raise StoreError(f"{path} is an empty file, not an MLflow store; remove it to start a new store")
+    with store_lock(tracking_uri):
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name(experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return client.create_experiment(experiment_name, artifact_location)
+
+
 def open_experiment(experiment_name: str, tracking_uri: str = DEFAULT_TRACKING_URI, artifact_location: str = DEFAULT_ARTIFACTS):
     """``(client, experiment_id, tracking_uri)`` for the kit's store, creating the experiment if needed."""
     from mlflow import MlflowClient
 
     tracking_uri, artifact_location = store_locations(tracking_uri, artifact_location)
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name, artifact_location)
-    return client, experiment_id, tracking_uri
+    experiment_id = ensure_experiment(tracking_uri, experiment_name, artifact_location)
+    return MlflowClient(tracking_uri), experiment_id, tracking_uri
 
 
 def search_all_runs(client, experiment_ids: list[str], filter_string: str = ""):
@@ -82,7 +149,9 @@ def search_all_runs(client, experiment_ids: list[str], filter_string: str = ""):
 
 
 class SkinflowMLFlowLogger(MLFlowLogger):
-    """``MLFlowLogger`` with the kit's store defaults; creates ``./mlruns`` on first use."""
+    """``MLFlowLogger`` with the kit's store defaults; creates ``./mlruns`` on first use (under a lock, so
+    concurrent first runs are safe). A ``run_id`` continues that run: it is marked RUNNING again. A run stopped
+    by a signal ends ``KILLED`` (``final_status``, set by ``skinflow.resume.Preemption``), not ``FAILED``."""
 
     def __init__(
         self,
@@ -94,10 +163,29 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         run_id: str | None = None,
     ):
         tracking_uri, artifact_location = store_locations(tracking_uri, artifact_location)
+        if rank_zero_only.rank == 0 and run_id is None:
+            ensure_experiment(tracking_uri, experiment_name, artifact_location)
         super().__init__(
             experiment_name=experiment_name, run_name=run_name, tracking_uri=tracking_uri, tags=tags,
             artifact_location=artifact_location, run_id=run_id, save_dir=None,
         )
+        self.final_status: str | None = None
+        self._resumed = run_id is not None
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        client = super().experiment
+        if self._resumed:
+            self._resumed = False
+            client.update_run(self.run_id, "RUNNING")
+        return client
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if status == "failed" and self.final_status:
+            status = self.final_status
+        super().finalize(status)
 
 
 class MLflowConfigCallback(SaveConfigCallback):
@@ -111,6 +199,9 @@ class MLflowConfigCallback(SaveConfigCallback):
         client.log_text(run_id, self.parser.dump(self.config, skip_none=False), "config.yaml")
         client.set_tag(run_id, "skinflow.stage", getattr(pl_module, "stage_name", type(pl_module).__name__))
         client.set_tag(run_id, "mlflow.source.git.commit", git_commit())
+        from skinflow.resume import RUN_KEY_TAG, run_key
+
+        client.set_tag(run_id, RUN_KEY_TAG, run_key(self.parser, self.config))
         report = getattr(trainer.datamodule, "report", None)
         if report:
             client.log_text(run_id, json.dumps(report, indent=2, default=str), "data_report.json")

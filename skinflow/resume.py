@@ -1,0 +1,166 @@
+"""Preemption and exact resume for ``python -m skinflow fit``.
+
+**How a run is identified.** Every ``fit`` run is tagged ``skinflow.run_key``: a hash of its resolved config
+without the arguments that say where to resume from (``ckpt_path``, the logger's ``run_id`` and ``run_name``, the
+config file paths). The same command again has the same key. ``--ckpt_path last`` resumes the newest run of the
+experiment with this key (or the run named by ``--trainer.logger.init_args.run_id``): it continues that MLflow
+run (one run, unbroken curves) from ``last.ckpt`` in the run's checkpoint folder,
+``<default_root_dir>/<experiment id>/<run id>/checkpoints/``. With no earlier run it starts a new one and says so
+(so a scheduler can requeue the same command); if the newest such run already finished it stops with an error
+instead of silently training again. ``--ckpt_path FILE`` continues the MLflow run recorded in the checkpoint when
+that run is in this store.
+
+**Preemption.** SIGTERM (what a scheduler sends) is caught by Lightning, which finishes the current step; the
+checkpoint callback (``save_on_exception``) then writes ``last.ckpt`` atomically (Lightning writes through an
+fsspec transaction: a temporary file moved into place), :class:`Preemption` marks the MLflow run ``KILLED`` with
+the step it stopped at, and the process exits with 143 (128 + SIGTERM). Ctrl-C (SIGINT) does the same and exits
+with Lightning's status 1. On SLURM, Lightning's ``SLURMEnvironment(auto_requeue=True)`` requeues the job on the
+signal it is given; the requeued command should carry ``--ckpt_path last``.
+
+**Exactness.** A checkpoint holds the model, optimiser, scheduler and loop state (Lightning), the random
+generators (``SkinflowStage.on_save_checkpoint``) and the data position (``skinflow.data.order``): on CPU a
+resumed run logs the same values, step for step, as one never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+RUN_KEY_TAG = "skinflow.run_key"
+SIGTERM_EXIT = 143
+# what says where to resume from, or how the config was spelled: not part of a run's identity
+NOT_IDENTITY = ("ckpt_path", "config", "trainer.logger.init_args.run_id", "trainer.logger.init_args.run_name")
+MLFLOW_LOGGERS = ("skinflow.tracking.mlflow.SkinflowMLFlowLogger", "lightning.pytorch.loggers.MLFlowLogger",
+                  "lightning.pytorch.loggers.mlflow.MLFlowLogger")
+
+
+class ResumeError(ValueError):
+    """A resume request that cannot be honoured (the message says what to do instead)."""
+
+
+def run_key(parser, config) -> str:
+    """The identity of a run: a hash of its resolved config without the keys in ``NOT_IDENTITY``."""
+    config = config.clone()
+    for key in NOT_IDENTITY:
+        if key in config:
+            del config[key]
+    return hashlib.sha256(parser.dump(config, skip_none=False, skip_validation=True).encode()).hexdigest()[:16]
+
+
+def mlflow_logger_args(config):
+    """The ``init_args`` of the config's MLflow logger, or ``None`` when the run logs elsewhere (or not at all)."""
+    logger = config.get("trainer.logger") if "trainer.logger" in config else None
+    if logger is None or isinstance(logger, (bool, list)) or not hasattr(logger, "class_path"):
+        return None
+    return logger.init_args if logger.class_path in MLFLOW_LOGGERS else None
+
+
+def stage_label(config) -> str:
+    """``stage1`` for a GRPO stage named so, ``warmup`` for ``WarmupStage``: what a run name starts with."""
+    model = config.get("model")
+    if model is None or not hasattr(model, "class_path"):
+        return "run"
+    stage = model.init_args.get("stage") if model.init_args is not None else None
+    return stage or model.class_path.rsplit(".", 1)[-1].removesuffix("Stage").lower() or "run"
+
+
+def default_run_name(config) -> str:
+    """``<stage>-<config file stem>-seed<N>``, e.g. ``warmup-warmup_tiny_synthetic-seed0``."""
+    parts = [stage_label(config)]
+    files = config.get("config") or []
+    if files:
+        parts.append(Path(str(files[-1])).stem)
+    seed = config.get("seed_everything")
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        parts.append(f"seed{seed}")
+    return "-".join(parts)
+
+
+def checkpoint_folder(default_root_dir: str | Path, experiment_id: str, run_id: str) -> Path:
+    """Where Lightning's ``ModelCheckpoint`` writes for an MLflow run (sqlite store: no logger ``save_dir``)."""
+    return Path(default_root_dir) / experiment_id / run_id / "checkpoints"
+
+
+def resolve_resume(config, key: str, default_root_dir: str) -> None:
+    """Turn ``--ckpt_path last`` into the file and MLflow run to continue, and make ``--ckpt_path FILE`` continue
+    the run it came from; edits ``config`` in place (see the module's docstring)."""
+    from skinflow.tracking.mlflow import existing_client
+
+    ckpt = config.get("ckpt_path")
+    logger = mlflow_logger_args(config)
+    if ckpt is None or logger is None:
+        return
+    client = existing_client(logger.tracking_uri)
+    if ckpt != "last":
+        if logger.get("run_id") or client is None:
+            return
+        from skinflow.stages.base import read_stage_checkpoint
+
+        recorded = (read_stage_checkpoint(ckpt).get("skinflow_run") or {}).get("run_id")
+        if recorded and _run_or_none(client, recorded) is not None:
+            logger.run_id = recorded
+            print(f"[resume] {ckpt}: continuing MLflow run {recorded}")
+        return
+    run = None
+    if logger.get("run_id"):
+        run = _run_or_none(client, logger.run_id) if client is not None else None
+        if run is None:
+            raise ResumeError(f"--ckpt_path last: no MLflow run {logger.run_id!r} in {logger.tracking_uri}")
+    elif client is not None:
+        experiment = client.get_experiment_by_name(logger.experiment_name)
+        if experiment is not None:
+            runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+            run = runs[0] if runs else None
+    if run is None:
+        print(f"[resume] --ckpt_path last: no earlier run of this config (run key {key}) in experiment "
+              f"{logger.experiment_name!r} of {logger.tracking_uri}; starting a new run")
+        config.ckpt_path = None
+        return
+    if run.info.status == "FINISHED" and not logger.get("run_id"):
+        raise ResumeError(
+            f"--ckpt_path last: the newest run of this config, {run.info.run_id} ({run.info.run_name}), already "
+            "finished; pass --ckpt_path <file> to continue from one of its checkpoints, or leave --ckpt_path out "
+            "to start a new run")
+    logger.run_id = run.info.run_id
+    last = checkpoint_folder(default_root_dir, run.info.experiment_id, run.info.run_id) / "last.ckpt"
+    if last.is_file():
+        config.ckpt_path = str(last)
+        print(f"[resume] continuing MLflow run {run.info.run_id} ({run.info.run_name}) from {last}")
+    else:  # a checkpoint callback with its own dirpath: Lightning searches it for last*.ckpt
+        print(f"[resume] continuing MLflow run {run.info.run_id} ({run.info.run_name}); {last} not found, so "
+              "Lightning looks in the checkpoint callback's folder")
+
+
+def _run_or_none(client, run_id: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
+class Preemption(Callback):
+    """On SIGTERM or Ctrl-C: tag the MLflow run with where it stopped and mark it ``KILLED`` (not ``FAILED``);
+    the checkpoint callback's ``save_on_exception`` has written ``last.ckpt`` by then."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        what = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
+        logger = trainer.logger
+        if logger is not None and hasattr(logger, "run_id") and hasattr(logger, "final_status"):
+            logger.final_status = "KILLED"
+            if trainer.is_global_zero:
+                logger.experiment.set_tag(logger.run_id, "skinflow.interrupted", f"{what} at step {trainer.global_step}")
+        if trainer.is_global_zero:
+            print(f"\n[skinflow] {what} at step {trainer.global_step}: checkpoint written; resume with the same "
+                  "command plus --ckpt_path last")

@@ -1,0 +1,176 @@
+"""Preemption and exact resume (issue 14, item 2): SIGTERM's exit code and checkpoint, ``--ckpt_path last`` finding
+the same run, one MLflow run across the interruption, and CPU metrics bit-identical to an uninterrupted run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from lightning.pytorch import Callback
+
+from skinflow import cli
+from skinflow.resume import SIGTERM_EXIT, checkpoint_folder
+from tests.conftest import REPO
+
+FAST = ["--data.init_args.synthetic_per_class=4", "--data.init_args.progress=false", "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1", "--trainer.enable_progress_bar=false", "--trainer.log_every_n_steps=1",
+        "--model.init_args.max_new_tokens=8", "--trainer.enable_model_summary=false"]
+# 27 training images in batches of 8: 4 steps an epoch, 2 epochs
+WARMUP = ["fit", "--config", str(REPO / "configs/experiment/warmup_tiny_synthetic.yaml"), *FAST,
+          "--trainer.max_epochs=2", "--trainer.check_val_every_n_epoch=1", "--model.init_args.warmup_steps=2",
+          "--data.init_args.batch_size=8"]
+# GRPO with sampling (T=1), the KL term and a full-training reference: 5 steps, interrupted after step 2. A random
+# tiny model writes no caption, so the reward is one that tells its samples apart (``distinct_characters``)
+STAGE1 = ["fit", "--config", str(REPO / "configs/experiment/stage1_tiny_synthetic.yaml"), *FAST,
+          "--trainer.max_steps=5", "--trainer.val_check_interval=5", "--data.init_args.batch_size=2",
+          "--model.init_args.group_size=4", "--model.init_args.lr=1e-3", "--model.init_args.table_every=0",
+          "--model.init_args.max_new_tokens=12", '--model.init_args.rewards=[{"name": "distinct_characters"}]']
+
+
+def distinct_characters(completions, targets) -> torch.Tensor:
+    return torch.tensor([len(set(text)) / 12 for text in completions])
+
+
+class SigtermAt(Callback):
+    """Sends this process SIGTERM after the given optimizer step, as a scheduler would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def client_in(folder):
+    from mlflow import MlflowClient
+
+    return MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+
+
+def only_run(folder):
+    client = client_in(folder)
+    (run,) = client.search_runs([client.get_experiment_by_name("skinflow").experiment_id])
+    return client, run
+
+
+def history(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """Every metric's (step, value) series; values logged twice at one step (a resumed step) would show."""
+    keys = client.get_run(run_id).data.metrics
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys}
+
+
+def run_cli(folder, monkeypatch, args, interrupt_at: int | None = None) -> int:
+    monkeypatch.chdir(folder)
+    callbacks = list(cli.TRAINER_DEFAULTS["callbacks"]) + ([SigtermAt(interrupt_at)] if interrupt_at else [])
+    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", callbacks)
+    try:
+        cli.main(args)
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def final_weights(client, run) -> dict[str, torch.Tensor]:
+    folder = checkpoint_folder("mlruns", run.info.experiment_id, run.info.run_id)
+    return torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def interrupted_and_resumed(tmp_path, monkeypatch, args, interrupt_at: int):
+    cache = [f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    whole.mkdir(), broken.mkdir()
+    assert run_cli(whole, monkeypatch, args + cache) == 0
+    assert run_cli(broken, monkeypatch, args + cache, interrupt_at=interrupt_at) == SIGTERM_EXIT
+    client, stopped = only_run(broken)
+    assert stopped.info.status == "KILLED"
+    assert stopped.data.tags["skinflow.interrupted"] == f"SIGTERM at step {interrupt_at}"
+    assert (checkpoint_folder(broken / "mlruns", stopped.info.experiment_id, stopped.info.run_id) / "last.ckpt").is_file()
+    assert run_cli(broken, monkeypatch, args + cache + ["--ckpt_path=last"]) == 0
+    client, resumed = only_run(broken)  # the same run, continued: still one run in the experiment
+    assert resumed.info.run_id == stopped.info.run_id and resumed.info.status == "FINISHED"
+    whole_client, uninterrupted = only_run(whole)
+    return (whole_client, uninterrupted, whole), (client, resumed, broken)
+
+
+def assert_same_run(whole, broken, monkeypatch):
+    (wc, wrun, wdir), (bc, brun, bdir) = whole, broken
+    expected, got = history(wc, wrun.info.run_id), history(bc, brun.info.run_id)
+    assert set(got) == set(expected)
+    for key in (k for k in expected if not k.startswith("time/")):  # wall-clock seconds per phase differ
+        assert got[key] == expected[key], key  # bit-identical floats, step for step, nothing logged twice
+    monkeypatch.chdir(wdir)
+    a = final_weights(wc, wrun)
+    monkeypatch.chdir(bdir)
+    b = final_weights(bc, brun)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("interrupt_at", [3, 4, 6], ids=["mid-epoch-0", "end-of-epoch-0", "mid-epoch-1"])
+def test_interrupted_warmup_resumes_to_bit_identical_metrics_in_the_same_run(tmp_path, monkeypatch, interrupt_at):
+    whole, broken = interrupted_and_resumed(tmp_path, monkeypatch, WARMUP, interrupt_at=interrupt_at)
+    assert_same_run(whole, broken, monkeypatch)
+    losses = history(whole[0], whole[1].info.run_id)["train/loss"]
+    assert [s for s, _ in losses] == list(range(8))  # every step logged once: the comparison saw the whole run
+
+
+def test_interrupted_grpo_stage_resumes_to_bit_identical_metrics(tmp_path, monkeypatch):
+    from skinflow.rl.rewards import REWARDS
+
+    monkeypatch.setitem(REWARDS, "distinct_characters", distinct_characters)
+    whole, broken = interrupted_and_resumed(tmp_path, monkeypatch, STAGE1, interrupt_at=2)
+    assert_same_run(whole, broken, monkeypatch)
+    kl = history(whole[0], whole[1].info.run_id)["rl/kl"]
+    assert len(kl) == 5 and kl[-1][1] > 0  # the reference stayed the start: the policy has moved away from it
+
+
+def test_ckpt_path_last_with_no_earlier_run_starts_fresh_and_says_so(tmp_path, monkeypatch, capsys):
+    args = [*WARMUP, "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    assert run_cli(tmp_path, monkeypatch, [*args, "--ckpt_path=last"]) == 0
+    assert "no earlier run of this config" in capsys.readouterr().out
+    client, run = only_run(tmp_path)
+    assert run.info.status == "FINISHED" and run.info.run_name == "warmup-warmup_tiny_synthetic-seed0"
+    # the run finished: `last` again is refused instead of silently training a second time
+    assert run_cli(tmp_path, monkeypatch, [*args, "--ckpt_path=last"]) == 2
+    assert "already finished" in capsys.readouterr().err
+    # another config (a different seed) is another run: `last` does not pick the finished one up
+    assert run_cli(tmp_path, monkeypatch, [*args, "--seed_everything=1", "--ckpt_path=last"]) == 0
+    names = sorted(r.info.run_name for r in client.search_runs([run.info.experiment_id]))
+    assert names == ["warmup-warmup_tiny_synthetic-seed0", "warmup-warmup_tiny_synthetic-seed1"]
+
+
+def test_sigterm_from_outside_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    """The real signal path: a child process, signalled by its parent mid-training, as a scheduler does."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "skinflow", *WARMUP, "--trainer.max_epochs=6", "--trainer.check_val_every_n_epoch=6",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    child = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:  # wait for the first logged steps
+        time.sleep(0.5)
+        if db.exists():
+            try:
+                client, run = only_run(tmp_path)
+                if len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2:
+                    break
+            except Exception:  # noqa: BLE001  the store or the run may not be there yet
+                continue
+    assert child.poll() is None, child.communicate()[0][-3000:]
+    child.send_signal(signal.SIGTERM)
+    out = child.communicate(timeout=120)[0]
+    assert child.returncode == SIGTERM_EXIT, out[-3000:]
+    client, run = only_run(tmp_path)
+    assert run.info.status == "KILLED" and "SIGTERM at step" in run.data.tags["skinflow.interrupted"]
+    last = checkpoint_folder(tmp_path / "mlruns", run.info.experiment_id, run.info.run_id) / "last.ckpt"
+    stopped_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= stopped_at < 24
+    done = subprocess.run([*args, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client, resumed = only_run(tmp_path)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(24))  # one unbroken curve: before the signal, then from where it stopped
