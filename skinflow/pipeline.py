@@ -139,13 +139,56 @@ def bare_argv():
         sys.argv = saved
 
 
+def stage_checkpoint(default_root_dir: str, experiment_id: str, run_id: str) -> Path | None:
+    """The ``last.ckpt`` a stage's trainer wrote for its child run, if any (``skinflow.resume``)."""
+    from skinflow.resume import checkpoint_folder
+
+    last = checkpoint_folder(default_root_dir, experiment_id, run_id) / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def find_parent(client, experiment_id: str, pipeline: Pipeline, resume: str):
+    """The parent run ``--resume`` names: a run id, or ``last`` (the newest unfinished run of this pipeline file)."""
+    from mlflow.exceptions import MlflowException
+
+    if resume != "last":
+        try:
+            run = client.get_run(resume)
+        except MlflowException as err:
+            raise PipelineError(f"--resume {resume}: no such run in {client.tracking_uri}") from err
+        if run.data.tags.get("skinflow.stage") != "pipeline":
+            raise PipelineError(f"--resume {resume}: run {resume} is not a pipeline's parent run")
+        return run
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`skinflow.pipeline` = '{pipeline.source}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise PipelineError(f"--resume last: no earlier run of {pipeline.source} in experiment {pipeline.experiment_name!r}")
+    if runs[0].info.status == "FINISHED":
+        raise PipelineError(f"--resume last: the newest run of {pipeline.source}, {runs[0].info.run_id}, already "
+                            "finished; leave --resume out to start a new one")
+    return runs[0]
+
+
+def close_run(client, run_id: str, error: BaseException) -> None:
+    """Mark a run that an exception left RUNNING as KILLED (a signal) or FAILED."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED" if isinstance(error, (SIGTERMException, KeyboardInterrupt)) else "FAILED")
+
+
 def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dict[str, list[str]] | None = None,
-                 tags: dict[str, str] | None = None, all_args: list[str] | None = None) -> dict:
+                 tags: dict[str, str] | None = None, all_args: list[str] | None = None, resume: str | None = None) -> dict:
     """Run the stages; returns ``{"parent_run_id", "children": {stage: run_id}, "checkpoints", "table"}``.
 
     ``tags`` go on the parent run (the ablation grid's factors); ``all_args`` are added to every stage's CLI
     arguments (a seed, the DVE switch: whatever all stages must agree on). The parent also gets ``final/<metric>``:
-    the test metrics of the last stage that ran, so pipelines with different stages compare on one key."""
+    the test metrics of the last stage that ran, so pipelines with different stages compare on one key.
+
+    ``resume`` (a parent run id, or ``last``) continues an interrupted pipeline in its parent run: stages that
+    finished (tag ``skinflow.stage_done``) are not re-run, their handoff checkpoints and test metrics are reused;
+    the interrupted stage continues its child run from its ``last.ckpt`` (or starts over in it, when it stopped
+    before writing one)."""
     from skinflow.cli import lightning_cli
     from skinflow.tracking.mlflow import git_commit, open_experiment
 
@@ -154,24 +197,49 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     if unknown:
         raise PipelineError(f"no stage named {sorted(unknown)} in {pipeline.source}; stages: {[s.name for s in pipeline.stages]}")
     client, experiment_id, tracking_uri = open_experiment(pipeline.experiment_name, pipeline.tracking_uri, pipeline.artifact_location)
-    parent = client.create_run(experiment_id, run_name=pipeline.run_name, tags={
-        "skinflow.stage": "pipeline", "mlflow.source.git.commit": git_commit(),
-        "skinflow.pipeline": str(pipeline.source), **(tags or {}),
-    })
-    parent_id = parent.info.run_id
-    if pipeline.source is not None:
-        client.log_text(parent_id, pipeline.source.read_text(), "pipeline.yaml")
+    earlier: dict[str, object] = {}  # stage name -> its child run, when resuming
+    if resume:
+        parent = find_parent(client, experiment_id, pipeline, resume)
+        parent_id = parent.info.run_id
+        client.update_run(parent_id, "RUNNING")
+        for child in client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+            earlier[child.info.run_name] = child
+        print(f"[pipeline] resuming parent run {parent_id}")
+    else:
+        name = pipeline.run_name or (f"pipeline-{pipeline.source.stem}" if pipeline.source else "pipeline")
+        parent = client.create_run(experiment_id, run_name=name, tags={
+            "skinflow.stage": "pipeline", "mlflow.source.git.commit": git_commit(),
+            "skinflow.pipeline": str(pipeline.source), **(tags or {}),
+        })
+        parent_id = parent.info.run_id
+        if pipeline.source is not None:
+            client.log_text(parent_id, pipeline.source.read_text(), "pipeline.yaml")
     checkpoints_dir = Path(pipeline.checkpoint_dir) / parent_id
     result = {"parent_run_id": parent_id, "children": {}, "checkpoints": {}, "table": {}, "tests": {}}
     previous: Path | None = None
+    child_id = None
     try:
         for stage in pipeline.stages:
             if stage.skip or stage.name in skip:
                 client.set_tag(parent_id, f"skipped.{stage.name}", "true")
                 print(f"[pipeline] {stage.name}: skipped")
                 continue
-            child = client.create_run(experiment_id, run_name=stage.name, tags={"mlflow.parentRunId": parent_id})
-            child_id = child.info.run_id
+            child = earlier.get(stage.name)
+            checkpoint = checkpoints_dir / f"{stage.name}.ckpt"
+            if child is not None and child.data.tags.get("skinflow.stage_done") == "true" and checkpoint.is_file():
+                print(f"[pipeline] {stage.name}: finished in run {child.info.run_id}; not re-run")
+                child_id = child.info.run_id
+                result["children"][stage.name] = child_id
+                result["checkpoints"][stage.name] = str(checkpoint)
+                collect_stage(client, child_id, stage.name, result)
+                previous = checkpoint
+                continue
+            resume_from = None
+            if child is not None:
+                child_id = child.info.run_id
+                resume_from = stage_checkpoint("mlruns", experiment_id, child_id)
+            else:
+                child_id = client.create_run(experiment_id, run_name=stage.name, tags={"mlflow.parentRunId": parent_id}).info.run_id
             result["children"][stage.name] = child_id
             args = ["--config", str(stage.config), *stage.args, *(all_args or []), *extra_args.get(stage.name, []),
                     f"--trainer.logger.init_args.run_id={child_id}",
@@ -180,34 +248,30 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
                     f"--trainer.logger.init_args.artifact_location={pipeline.artifact_location}"]
             if previous is not None:
                 args.append(f"--model.init_args.init_from={previous}")
-            print(f"[pipeline] {stage.name}: {stage.config.name}" + (f" from {previous.name}" if previous else ""))
+            how = f" (continuing run {child_id} from {resume_from})" if resume_from else (f" (again, in run {child_id})" if child else "")
+            print(f"[pipeline] {stage.name}: {stage.config.name}" + (f" from {previous.name}" if previous else "") + how)
             with bare_argv():
                 cli = lightning_cli(args, run=False)
             model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
-            if stage.evaluate_start:
+            if stage.evaluate_start and resume_from is None:
                 model.metric_prefix = "start/"
                 trainer.validate(model, datamodule=datamodule)
                 if stage.test:
                     trainer.test(model, datamodule=datamodule)
                 model.metric_prefix = ""
-            trainer.fit(model, datamodule=datamodule)
-            checkpoint = checkpoints_dir / f"{stage.name}.ckpt"
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
             trainer.save_checkpoint(checkpoint, weights_only=True)  # trainable weights + identity (on_save_checkpoint)
             result["checkpoints"][stage.name] = str(checkpoint)
             client.log_param(child_id, "handoff_checkpoint", str(checkpoint))
             if stage.test:
                 trainer.test(model, datamodule=datamodule)
-            metrics = client.get_run(child_id).data.metrics
-            result["table"][stage.name] = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics}
-            start = {k: metrics[f"start/{k}"] for k in SUMMARY_METRICS if f"start/{k}" in metrics}
-            if start:
-                result["table"][f"{stage.name} (start)"] = start
-            tests = {k: v for k, v in metrics.items() if k.startswith("test/")}  # every test key, fairness included
-            result["tests"][stage.name] = tests
-            log_metrics(client, parent_id, {f"{stage.name}/{k}": v for k, v in tests.items()})
+            collect_stage(client, child_id, stage.name, result)
+            client.set_tag(child_id, "skinflow.stage_done", "true")
             previous = checkpoint
-    except BaseException:
-        client.set_terminated(parent_id, "FAILED")
+    except BaseException as error:
+        if child_id is not None:
+            close_run(client, child_id, error)  # a stage that failed before its trainer started stays RUNNING otherwise
+        close_run(client, parent_id, error)
         raise
     tested = [name for name in result["children"] if result["tests"].get(name)]
     if tested:
@@ -221,6 +285,18 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     return result
 
 
+def collect_stage(client, child_id: str, name: str, result: dict) -> None:
+    """A finished stage's test metrics into ``result`` (its table row and every test key) and onto the parent."""
+    metrics = client.get_run(child_id).data.metrics
+    result["table"][name] = {k: metrics[k] for k in SUMMARY_METRICS if k in metrics}
+    start = {k: metrics[f"start/{k}"] for k in SUMMARY_METRICS if f"start/{k}" in metrics}
+    if start:
+        result["table"][f"{name} (start)"] = start
+    tests = {k: v for k, v in metrics.items() if k.startswith("test/")}  # every test key, fairness included
+    result["tests"][name] = tests
+    log_metrics(client, result["parent_run_id"], {f"{name}/{k}": v for k, v in tests.items()})
+
+
 def pipeline_command(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(prog="python -m skinflow pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="pipeline YAML (see configs/pipeline/)")
@@ -228,6 +304,10 @@ def pipeline_command(argv: list[str]) -> dict:
     parser.add_argument("--stage-arg", action="append", default=[], metavar="STAGE=ARG",
                         help="extra CLI argument for one stage, e.g. warmup=--trainer.max_epochs=2 (repeatable)")
     parser.add_argument("--run-name", default=None, help="name of the parent MLflow run")
+    parser.add_argument("--resume", default=None, metavar="RUN_ID|last",
+                        help="continue an interrupted pipeline in its parent run: finished stages are not re-run, the "
+                             "interrupted one continues from its last checkpoint (last: the newest unfinished run of "
+                             "this pipeline file)")
     ns = parser.parse_args(argv)
     pipeline = load_pipeline(ns.config)
     if ns.run_name:
@@ -238,6 +318,6 @@ def pipeline_command(argv: list[str]) -> dict:
         if not sep or not arg:
             parser.error(f"--stage-arg {item!r} is not STAGE=ARG")
         extra.setdefault(name, []).append(arg)
-    result = run_pipeline(pipeline, tuple(ns.skip), extra)
+    result = run_pipeline(pipeline, tuple(ns.skip), extra, resume=ns.resume)
     log.info("pipeline result: %s", json.dumps(result, default=str))
     return result

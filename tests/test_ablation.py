@@ -25,6 +25,10 @@ def test_grid_runs_tags_resumes_after_an_interruption_and_summarises(ablation_gr
                         ("stage1-dve", "0", "FINISHED"), ("stage1-dve", "1", "FINISHED"),
                         ("stage1-no-dve", "0", "FINISHED"), ("stage1-no-dve", "0", "KILLED"),
                         ("stage1-no-dve", "1", "FINISHED")]
+    # the interrupted cell's stage2 failed before its trainer started: its child run is closed, not left RUNNING
+    (killed,) = [r for r in runs if r.info.status == "KILLED"]
+    children = {c.info.run_name: c.info.status for c in client.search_runs([exp], f"tags.mlflow.parentRunId = '{killed.info.run_id}'")}
+    assert children == {"warmup": "FINISHED", "stage1": "FINISHED", "stage2": "FAILED"}
     finished = [r for r in runs if r.info.status == "FINISHED"]
     for run in finished:
         tags = run.data.tags

@@ -1,8 +1,12 @@
 """The pipeline command: parent and child MLflow runs, stage handoff, skipping, small checkpoints, clear errors."""
 
+import os
+import signal
+
 import pytest
 import torch
 import yaml
+from lightning.pytorch import Callback
 
 from skinflow.cli import main
 from skinflow.pipeline import PipelineError, load_pipeline
@@ -85,3 +89,49 @@ def test_pipeline_file_errors_name_the_key(tmp_path):
         load_pipeline(bad)
     with pytest.raises(SystemExit):
         main(["pipeline"])
+
+
+class SigtermInStage(Callback):
+    """SIGTERM after the given optimizer step of one stage, as a scheduler would send it."""
+
+    def __init__(self, stage: str, step: int):
+        self.stage, self.step = stage, step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if pl_module.stage_name == self.stage and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_pipeline_killed_in_stage1_resumes_there_in_the_same_runs(tmp_path, monkeypatch):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from mlflow import MlflowClient
+
+    from skinflow import cli
+
+    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", [*cli.TRAINER_DEFAULTS["callbacks"], SigtermInStage("stage1", 1)])
+    with pytest.raises(SIGTERMException):
+        run_demo(tmp_path, monkeypatch)
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("skinflow-pipeline").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`skinflow.stage` = 'pipeline'")
+    assert parent.info.status == "KILLED"
+    children = {r.info.run_name: r for r in client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")}
+    assert sorted(children) == ["stage1", "warmup"]
+    assert children["stage1"].info.status == "KILLED" and children["warmup"].data.tags["skinflow.stage_done"] == "true"
+    warmup_end = children["warmup"].info.end_time
+
+    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", cli.TRAINER_DEFAULTS["callbacks"][:-1])
+    result = run_demo(tmp_path, monkeypatch, "--resume", "last")
+    assert result["parent_run_id"] == parent.info.run_id and client.get_run(parent.info.run_id).info.status == "FINISHED"
+    assert result["children"]["warmup"] == children["warmup"].info.run_id
+    assert client.get_run(children["warmup"].info.run_id).info.end_time == warmup_end  # not re-run
+    assert result["children"]["stage1"] == children["stage1"].info.run_id  # continued, not a new run
+    stage1 = client.get_run(children["stage1"].info.run_id)
+    assert stage1.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(stage1.info.run_id, "rl/kl")) == [0, 1]  # step 0, then 1
+    assert {"warmup/test/top1_exact", "stage2/test/top1_exact", "final/test/top1_exact"} <= set(
+        client.get_run(parent.info.run_id).data.metrics)
+    assert len(client.search_runs([experiment])) == 4  # one parent, three children: nothing started twice
+    with pytest.raises(PipelineError, match="already finished"):
+        run_demo(tmp_path, monkeypatch, "--resume", "last")
+
