@@ -9,11 +9,13 @@ Stage I rewards a caption against a reference; Fitzpatrick17k has none, so real 
 
 Free text written in the schema (``colour: red; shape: round`` or one ``field: value`` per line) is split into
 fields; other free text is kept whole under the key ``text`` and scored by token F1 (see
-``skinflow.rl.rewards.caption_fields_reward``). Errors name the file and the row.
+``skinflow.rl.rewards.caption_fields_reward``). Errors name the file and the row; a key that looks like a
+misspelt field (``colur``, ``lesion-type``) is an error rather than a field silently dropped.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from pathlib import Path
@@ -22,6 +24,9 @@ import pandas as pd
 
 from skinflow.data.formats import CAPTION_FIELDS, FREE_TEXT
 _FIELD_ALIASES = {name.replace(" ", "_"): name for name in CAPTION_FIELDS} | {name: name for name in CAPTION_FIELDS}
+# keys a captions row may carry; one close to these but not among them (``colur``) is a misspelling: an error,
+# since its value would otherwise be dropped. Other extra columns (``label``, ``notes``) are ignored.
+KNOWN_KEYS = frozenset({*_FIELD_ALIASES, "md5hash", "caption", "_row"})
 
 
 class CaptionsError(ValueError):
@@ -75,6 +80,11 @@ def read_captions(path: str | Path) -> dict[str, dict[str, str]]:
             raise CaptionsError(f"{path} {row['_row']}: no md5hash")
         if md5 in captions:
             raise CaptionsError(f"{path} {row['_row']}: md5hash {md5} appears twice")
+        misspelled = {k: close[0] for k in row if k not in KNOWN_KEYS and (close := difflib.get_close_matches(str(k), KNOWN_KEYS, 1, 0.75))}
+        if misspelled:
+            key, meant = next(iter(misspelled.items()))
+            raise CaptionsError(f"{path} {row['_row']} (md5hash {md5}): unknown key {key!r}; did you mean {meant!r}? "
+                                f"(known keys: {sorted(KNOWN_KEYS - {'_row'})})")
         fields = {_FIELD_ALIASES[k]: " ".join(str(v).split()) for k, v in row.items() if k in _FIELD_ALIASES and str(v).strip()}
         if not fields and str(row.get("caption") or "").strip():
             fields = split_free_text(str(row["caption"]))

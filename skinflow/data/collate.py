@@ -21,7 +21,7 @@ import random
 
 import torch
 
-from skinflow.data.formats import PROMPTS, SYSTEM_PROMPT, Target, content_spans, render_target
+from skinflow.data.formats import DataError, PROMPTS, SYSTEM_PROMPT, Target, content_spans, render_target
 from skinflow.models.processor import VisionLanguageProcessor
 
 IGNORE_INDEX = -100
@@ -59,6 +59,10 @@ class VisionLanguageCollator:
         return rng.choice(["warmup", "diagnosis", *(["caption"] if self.with_caption and target.caption else [])])
 
     def __call__(self, items: list[dict]) -> dict:
+        skipped = [item["skipped"] for item in items if "skipped" in item]  # unreadable at load time
+        items = [item for item in items if "skipped" not in item]
+        if not items:
+            raise DataError(f"every image of a batch could not be read: {skipped}")
         tok = self.processor.tokenizer
         vision = self.processor.images([item["image"] for item in items])
         targets: list[Target] = [item["target"] for item in items]
@@ -82,4 +86,5 @@ class VisionLanguageCollator:
         return {
             **vision, "input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids,
             "content_mask": content_mask.bool(), "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "targets": targets,
+            "skipped_images": skipped,
         }

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -26,23 +27,20 @@ from torch.utils.data import DataLoader, Dataset
 
 from skinflow.data.captions import read_captions
 from skinflow.data.collate import MIXED, VisionLanguageCollator
-from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, PROMPTS, Target
+from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, PROMPTS, DataError, Target
 from skinflow.data.names import MD5_PATTERN, invalid_ids
 from skinflow.data.order import EpochShuffle, ResumableLoader, reseed
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.data.splits import PRESETS, assign_splits
 from skinflow.data.synthetic import RENDER_VERSION, generate
-from skinflow.data.transforms import eval_transform, train_transform
+from skinflow.data.transforms import eval_transform, to_rgb, train_transform
 
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("md5hash", "label")
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 WRONGLY_LABELLED = "3 Wrongly labelled"
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, row or column."""
+SKIN_TYPES = (1, 2, 3, 4, 5, 6)  # Fitzpatrick I-VI; Fitzpatrick17k writes -1 for an unknown type
 
 
 def differential(label: str, candidates: list[str], counts: dict[str, int]) -> tuple[str, ...]:
@@ -87,8 +85,11 @@ class RecordDataset(Dataset):
         prompt draw then depend on the item's seed alone (``skinflow.data.order``)."""
         i, seed = key if isinstance(key, tuple) else (key, None)
         row = self.records[i]
-        with Image.open(self.image_dir / row["image_file"]) as img:
-            image = np.asarray(img.convert("RGB"))
+        try:
+            with Image.open(self.image_dir / row["image_file"]) as img:
+                image = to_rgb(img)
+        except Exception as err:  # noqa: BLE001  changed or damaged since the table was built: skipped, counted
+            return {"skipped": f"{row['md5hash']} ({self.image_dir / row['image_file']}: {type(err).__name__}: {err})"}
         if seed is not None:
             reseed(self.transform, seed)
         return {"image": self.transform(image=image)["image"], "target": self.target(row), "seed": seed}
@@ -180,6 +181,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         self.report: dict = {}
         self.splits: dict[str, RecordDataset] = {}
         self._train_sampler: EpochShuffle | None = None
+        self.skipped_at_load: list[str] = []
         self._resume_order: dict | None = None
 
     # -- paths -------------------------------------------------------------------------------------------------
@@ -195,13 +197,22 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         return Path(self.hparams.image_dir) if self.hparams.image_dir else self.csv_file.parent / "images"
 
     def _fingerprint(self) -> str:
+        """The cached table's key: everything that changes it. The CSV's bytes, the image folder's resolved path,
+        every file in it by name, size and modification time (an image rewritten in place changes the key), and
+        the options the table depends on."""
         h = hashlib.sha256(self.csv_file.read_bytes())
+        h.update(f"{self.image_folder.resolve()}\n".encode())
         if self.image_folder.is_dir():
             for entry in sorted(os.scandir(self.image_folder), key=lambda e: e.name):
-                h.update(f"{entry.name}:{entry.stat().st_size}\n".encode())
-        keys = ("drop_wrongly_labelled", "fitzpatrick_column", "id_pattern")
+                info = entry.stat()
+                h.update(f"{entry.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+        keys = ("drop_wrongly_labelled", "fitzpatrick_column", "id_pattern", "strict_images")
         h.update(json.dumps({k: self.hparams[k] for k in keys}, sort_keys=True).encode())
         return h.hexdigest()[:16]
+
+    @staticmethod
+    def _complete(table_dir: Path) -> bool:
+        return (table_dir / "report.json").is_file() and (table_dir / "dataset_info.json").is_file()
 
     def _table_dir(self) -> Path:
         return Path(self.hparams.cache_dir) / "tables" / self._fingerprint()
@@ -213,14 +224,28 @@ class Fitzpatrick17kDataModule(LightningDataModule):
                      progress=self.hparams.progress)
         if not self.csv_file.exists():
             raise DataError(f"label CSV not found: {self.csv_file}")
+        if not self.image_folder.is_dir():
+            raise DataError(f"image folder not found: {self.image_folder} (the images of {self.csv_file}; set image_dir)")
         table_dir = self._table_dir()
-        if (table_dir / "dataset_info.json").exists() or (table_dir / "state.json").exists():
+        if self._complete(table_dir):
             return
+        if table_dir.exists():  # a table left incomplete (an older kit's crash mid-write): build it again
+            log.warning("data cache %s is incomplete; rebuilding it", table_dir)
+            shutil.rmtree(table_dir)
         table, report = self.clean_table(self.read_csv())
         import datasets
 
-        datasets.Dataset.from_pandas(table, preserve_index=False).save_to_disk(str(table_dir))
-        (table_dir / "report.json").write_text(json.dumps(report, indent=2))
+        # written beside its final place and renamed in one step: a crash leaves no half-written table behind
+        partial = table_dir.with_name(f"{table_dir.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        datasets.Dataset.from_pandas(table, preserve_index=False).save_to_disk(str(partial))
+        (partial / "report.json").write_text(json.dumps(report, indent=2))
+        try:
+            os.replace(partial, table_dir)
+        except OSError:  # another process renamed its identical table into place first
+            shutil.rmtree(partial, ignore_errors=True)
+            if not self._complete(table_dir):
+                raise
 
     def read_csv(self) -> pd.DataFrame:
         """Read and validate the CSV: required columns, known labels (errors name the column or row)."""
@@ -244,11 +269,24 @@ class Fitzpatrick17kDataModule(LightningDataModule):
                 f"{self.csv_file} row {row + 2} (md5hash {df['md5hash'].iloc[row]}): label {df['label'].iloc[row]!r} is not "
                 f"one of the 114 Fitzpatrick17k labels ({int(unknown.sum())} such rows)"
             )
-        df[fst] = pd.to_numeric(df[fst], errors="coerce").fillna(-1).astype(int)
+        df[fst] = self._skin_types(df, fst)
         for column in ("qc", "url_alphanum", *CAPTION_COLUMNS.values()):
             if column not in df.columns:
                 df[column] = ""
         return df
+
+    def _skin_types(self, df: pd.DataFrame, fst: str) -> pd.Series:
+        """Fitzpatrick types 1-6, or -1 (unknown, as Fitzpatrick17k writes it). Anything else (0, 7, 3.7, text,
+        an empty cell) is an error naming the first such row: a skin type is a label the fairness metrics use."""
+        column = df[fst]
+        text = column.astype(str).str.strip()
+        valid = text.isin([str(v) for v in (*SKIN_TYPES, -1)] + [f"{v}.0" for v in (*SKIN_TYPES, -1)])
+        if not valid.all():
+            row = int(np.flatnonzero(~valid)[0])
+            raise DataError(
+                f"{self.csv_file} row {row + 2} (md5hash {df['md5hash'].iloc[row]}): {fst} {column.iloc[row]!r} is "
+                f"not a Fitzpatrick skin type (1-6, or -1 for unknown; {int((~valid).sum())} such rows)")
+        return text.astype(float).astype(int)
 
     def _find_image(self, md5: str) -> str | None:
         for suffix in IMAGE_SUFFIXES:
@@ -277,7 +315,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             if name:
                 try:
                     with Image.open(self.image_folder / name) as img:
-                        img.convert("RGB").load()
+                        to_rgb(img)
                 except Exception as err:  # any decoder error means the file is unusable
                     reason = f"unreadable: {type(err).__name__}: {err}"
             if reason:
@@ -293,6 +331,9 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         df = df.assign(image_file=files)
         df = df[df["image_file"].notna()]
         report["kept"] = len(df)
+        if not len(df):
+            raise DataError(f"{self.csv_file}: none of its {report['rows']} rows has a usable image in {self.image_folder} "
+                            f"({len(bad)} missing or unreadable, e.g. {bad[0] if bad else None})")
         columns = ["md5hash", "label", self.hparams.fitzpatrick_column, "qc", "url_alphanum", "image_file", *CAPTION_COLUMNS.values()]
         return df[columns].reset_index(drop=True), report
 
@@ -303,7 +344,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         import datasets
 
         table_dir = self._table_dir()
-        if not table_dir.exists():
+        if not self._complete(table_dir):
             self.prepare_data()
         records = datasets.load_from_disk(str(table_dir))
         self.report = json.loads((table_dir / "report.json").read_text())
@@ -420,6 +461,27 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         if self.trainer is None:
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    # -- images unreadable at load time ----------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Count the images a batch left out because they could not be read (changed since the table was built)."""
+        skipped = batch.pop("skipped_images", None) if isinstance(batch, dict) else None
+        if skipped:
+            new = [s for s in skipped if s not in self.skipped_at_load]
+            self.skipped_at_load.extend(new)
+            if new:
+                log.warning("skipped %d unreadable image(s) (%d in this run so far): %s", len(new), len(self.skipped_at_load), new[:3])
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        """Put the images skipped at load time into the run's data report (``data_report.json``) and metrics."""
+        if not self.skipped_at_load or self.trainer is None:
+            return
+        self.report["unreadable_at_load"] = list(self.skipped_at_load)
+        logger = self.trainer.logger
+        if logger is not None and hasattr(logger, "run_id") and self.trainer.is_global_zero:
+            logger.experiment.log_text(logger.run_id, json.dumps(self.report, indent=2, default=str), "data_report.json")
+            logger.log_metrics({"data/unreadable_at_load": len(self.skipped_at_load)})
 
     # -- resume ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -51,6 +51,10 @@ PROMPTS: dict[str, str] = {
 SPECIAL_TAGS = ("<caption>", "</caption>", "<answer>", "</answer>", "<think>", "</think>")
 
 
+class DataError(ValueError):
+    """Bad input data: the message names the file, row or column."""
+
+
 @dataclass
 class Target:
     """What is known about one image: the reference every metric and reward compares against.

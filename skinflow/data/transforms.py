@@ -20,6 +20,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations would o
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 MAX_HUE_SHIFT = 0.02
 
@@ -44,3 +46,25 @@ def eval_transform(image_size: int) -> A.Compose:
         A.LongestMaxSize(max_size=image_size),
         A.PadIfNeeded(min_height=image_size, min_width=image_size, border_mode=cv2.BORDER_REFLECT_101),
     ])
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """An (H, W, 3) uint8 array of any PIL image. PIL's own ``convert("RGB")`` clips 16- and 32-bit integer and
+    float images to 255 (a 16-bit PNG becomes white); those are scaled from their range instead: 16-bit by
+    1/257, 32-bit integer and float by their maximum. Palette, CMYK and alpha images go through PIL (alpha is
+    dropped)."""
+    if img.mode.startswith("I;16"):
+        values = np.asarray(img, dtype=np.float64) / 257.0
+    elif img.mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        if img.mode == "I" and 0 <= low and high <= 65535:
+            values = values / (257.0 if high > 255 else 1.0)
+        elif high > low:
+            values = (values - low) * (255.0 / (high - low))
+        else:
+            values = np.zeros_like(values)
+    else:
+        return np.asarray(img.convert("RGB"))
+    gray = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)

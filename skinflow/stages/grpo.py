@@ -137,6 +137,33 @@ class GRPOStage(SkinflowStage):
         self.timings: dict[str, float] = {}  # seconds per phase of the last training step (logged as time/<phase>)
         self.save_hyperparameters()
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.check_answer_room()
+
+    def check_answer_room(self, sample: int = 16) -> int | None:
+        """Warn when ``max_new_tokens`` cannot hold the answer format: completions are cut off and every reward
+        is zero, which trains nothing. Measured on the reference texts of the first ``sample`` training records;
+        returns their longest length in tokens (``None`` without a skinflow DataModule)."""
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        from skinflow.data.formats import render_target
+
+        datamodule = getattr(self.trainer, "datamodule", None)
+        split = getattr(datamodule, "splits", {}).get("train")
+        if split is None or not len(split):
+            return None
+        task = datamodule.hparams.prompt if datamodule.hparams.prompt in ("caption", "diagnosis", "warmup") else "warmup"
+        tok = self.processor.tokenizer
+        texts = [render_target(split.target(split.records[i]), datamodule.hparams.with_caption, task) + tok.eos_token
+                 for i in range(min(sample, len(split)))]
+        needed = max(len(tok(text, add_special_tokens=False)["input_ids"]) for text in texts)
+        if needed > self.max_new_tokens:
+            rank_zero_warn(f"max_new_tokens={self.max_new_tokens} is shorter than the {task!r} answers need (up to "
+                           f"{needed} tokens for the first {len(texts)} training records): completions will be cut off "
+                           "and earn no reward; raise model.init_args.max_new_tokens")
+        return needed
+
     # -- the algorithm ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> None:
         hp = self.hparams
