@@ -27,6 +27,7 @@ from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
 from skinflow.resume import SIGTERM_EXIT, Preemption, ResumeError, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
+from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
 from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
 
 TRAINER_DEFAULTS = {
@@ -40,6 +41,15 @@ class SkinflowCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=False,
                             help="after fit, run the test split on the best checkpoint (fit only)")
+
+    def _parse_ckpt_path(self) -> None:
+        """A missing or damaged ``--ckpt_path`` file: one error naming it (Lightning reads it first, for its
+        hyperparameters, and would fail inside torch)."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt not in (None, "last", "best", "hpc"):
+            read_stage_checkpoint(ckpt)
+        super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
         """Name the MLflow run (``<stage>-<config>-seed<N>``) and resolve ``--ckpt_path`` to the run it continues

@@ -190,6 +190,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     the interrupted stage continues its child run from its ``last.ckpt`` (or starts over in it, when it stopped
     before writing one)."""
     from skinflow.cli import lightning_cli
+    from skinflow.resume import CONFIG_KEY_TAG, pipeline_config_key
     from skinflow.tracking.mlflow import git_commit, open_experiment
 
     extra_args = extra_args or {}
@@ -210,6 +211,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
         parent = client.create_run(experiment_id, run_name=name, tags={
             "skinflow.stage": "pipeline", "mlflow.source.git.commit": git_commit(),
             "skinflow.pipeline": str(pipeline.source), **(tags or {}),
+            CONFIG_KEY_TAG: pipeline_config_key(pipeline.source.read_text() if pipeline.source else "", skip, extra_args, all_args or []),
         })
         parent_id = parent.info.run_id
         if pipeline.source is not None:

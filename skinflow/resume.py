@@ -45,13 +45,33 @@ class ResumeError(ValueError):
     """A resume request that cannot be honoured (the message says what to do instead)."""
 
 
-def run_key(parser, config) -> str:
-    """The identity of a run: a hash of its resolved config without the keys in ``NOT_IDENTITY``."""
+CONFIG_KEY_TAG = "skinflow.config_key"
+# the seeds the ablation grid varies (``skinflow.ablation.seed_args``): runs that differ only in these share a
+# config key, which ``compare`` may pool (mean ± std over seeds)
+SEED_KEYS = ("seed_everything", "model.init_args.backbone.seed", "data.init_args.seed")
+
+
+def run_key(parser, config, without: tuple[str, ...] = ()) -> str:
+    """The identity of a run: a hash of its resolved config without the keys in ``NOT_IDENTITY`` (and ``without``)."""
     config = config.clone()
-    for key in NOT_IDENTITY:
+    for key in (*NOT_IDENTITY, *without):
         if key in config:
             del config[key]
     return hashlib.sha256(parser.dump(config, skip_none=False, skip_validation=True).encode()).hexdigest()[:16]
+
+
+def config_key(parser, config) -> str:
+    """A run's config without its seeds: the same for the seeds of one ablation cell, different across configs."""
+    return run_key(parser, config, SEED_KEYS)
+
+
+def pipeline_config_key(source_text: str, skip, extra_args: dict, all_args: list[str]) -> str:
+    """A pipeline parent run's config key: its file, skipped stages and arguments, seed arguments left out."""
+    import json
+
+    unseeded = [a for a in all_args if not a.lstrip("-").split("=", 1)[0] in SEED_KEYS]
+    blob = json.dumps({"pipeline": source_text, "skip": sorted(skip), "stage_args": extra_args, "args": unseeded}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def mlflow_logger_args(config):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, resolve_tracking_uri, search_all_runs
+from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, StoreError, client_for_existing, search_all_runs
 
 DEFAULT_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/malignant_miss_top1")
 COMPARE_TAG = "compare"  # value of skinflow.stage on the runs this command logs (never compared themselves)
@@ -31,9 +31,8 @@ class CompareError(ValueError):
 
 
 def client_for(tracking_uri: str = DEFAULT_TRACKING_URI):
-    from mlflow import MlflowClient
-
-    return MlflowClient(resolve_tracking_uri(tracking_uri))
+    """A client for reading: never creates or re-initialises a store (``StoreError`` when the URI names none)."""
+    return client_for_existing(tracking_uri)
 
 
 def experiment_id(client, name: str) -> str:
@@ -82,8 +81,25 @@ class Summary:
     left_out: list[tuple[str, str, str]]  # (run_id, run_name, metric) of runs lacking a metric
 
 
-def summarize(frame: pd.DataFrame, metrics: list[str], group_by: list[str]) -> Summary:
-    """Mean and sample standard deviation (ddof = 1; NaN for a single run) of each metric per group."""
+CONFIG_KEY = "tags.skinflow.config_key"  # a run's config without its seeds (skinflow.resume.config_key)
+
+
+def check_configs(frame: pd.DataFrame, keys: pd.DataFrame, columns: list[str]) -> None:
+    """Refuse a group that pools runs of different configs (seeds aside): name the group and the runs of each."""
+    if CONFIG_KEY not in frame.columns:
+        return
+    for group, part in frame.groupby([keys[c] for c in columns], sort=False):
+        configs = part[CONFIG_KEY].dropna().unique()
+        if len(configs) > 1:
+            runs = {c[:8]: sorted(part.loc[part[CONFIG_KEY] == c, "run_name"].astype(str))[:3] for c in configs}
+            raise CompareError(f"group {group} pools runs of {len(configs)} different configs {runs}; add config_key "
+                               "to --group-by to keep them apart, or pass --pool-configs to pool them anyway")
+
+
+def summarize(frame: pd.DataFrame, metrics: list[str], group_by: list[str], pool_configs: bool = True) -> Summary:
+    """Mean and sample standard deviation (ddof = 1; NaN for a single run) of each metric per group.
+
+    ``pool_configs=False`` refuses a group whose runs differ in config other than by seed (``check_configs``)."""
     if frame.empty:
         raise CompareError("no runs to compare (check --experiment, --filter and --status)")
     missing = [m for m in metrics if f"metrics.{m}" not in frame.columns]
@@ -92,6 +108,8 @@ def summarize(frame: pd.DataFrame, metrics: list[str], group_by: list[str]) -> S
         raise CompareError(f"no run has metric(s) {missing}; metrics there include: {known[:40]}")
     columns = [group_column(frame, key) for key in group_by] or ["run_name"]
     keys = frame[columns].fillna("-").astype(str)
+    if not pool_configs:
+        check_configs(frame, keys, columns)
     left_out = []
     for metric in metrics:
         lacking = frame[frame[f"metrics.{metric}"].isna()]
@@ -168,12 +186,14 @@ def default_metrics(frame: pd.DataFrame) -> list[str]:
 
 def compare(experiment: str, metrics: list[str] | None = None, group_by: list[str] | None = None,
             tracking_uri: str = DEFAULT_TRACKING_URI, filter_string: str = "", status: str | None = "FINISHED",
-            out: str | Path | None = None, log_to_mlflow: bool = False) -> dict:
-    """The command's work, callable from notebooks: returns ``{"summary", "text", "csv", "png", "run_id"}``."""
+            out: str | Path | None = None, log_to_mlflow: bool = False, pool_configs: bool = False) -> dict:
+    """The command's work, callable from notebooks: returns ``{"summary", "text", "csv", "png", "run_id"}``.
+
+    A group may pool seeds, never configs, unless ``pool_configs``."""
     client = client_for(tracking_uri)
     frame = runs_frame(client, experiment, filter_string, status)
     metrics = list(metrics or default_metrics(frame))
-    summary = summarize(frame, metrics, list(group_by or []))
+    summary = summarize(frame, metrics, list(group_by or []), pool_configs)
     text = format_summary(summary)
     out = Path(out or Path("mlruns") / "compare" / experiment)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,12 +225,14 @@ def compare_command(argv: list[str]) -> dict:
     parser.add_argument("--out", default=None, help="folder for comparison.csv and comparison.png "
                         "(default mlruns/compare/<experiment>)")
     parser.add_argument("--log-to-mlflow", action="store_true", help="also log the CSV and PNG to a 'compare' run")
+    parser.add_argument("--pool-configs", action="store_true",
+                        help="let a group pool runs whose configs differ (by default only seeds may differ)")
     ns = parser.parse_args(argv)
     try:
         result = compare(ns.experiment, ns.metric, [k.strip() for k in ns.group_by.split(",") if k.strip()],
                          ns.tracking_uri, ns.filter, None if ns.status.lower() == "any" else ns.status, ns.out,
-                         ns.log_to_mlflow)
-    except CompareError as error:
+                         ns.log_to_mlflow, ns.pool_configs)
+    except (CompareError, StoreError) as error:
         parser.exit(2, f"compare: {error}\n")
     print(result["text"])
     for run_id, name, metric in result["summary"].left_out:

@@ -24,7 +24,7 @@ from pathlib import Path
 from skinflow.analysis.compare import CompareError, client_for
 from skinflow.analysis.plotting import pyplot
 from skinflow.data.names import file_stem
-from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI
+from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, StoreError
 
 TABLE_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6",
                  "test/malignant_miss_top1", "test/parse_failure", "test/graded_top1_by_fst/worst",
@@ -183,7 +183,7 @@ def report_command(argv: list[str]) -> Path:
     ns = parser.parse_args(argv)
     try:
         page = build_report(ns.run_id, ns.tracking_uri)
-    except CompareError as error:
+    except (CompareError, StoreError) as error:
         parser.exit(2, f"report: {error}\n")
     out = Path(ns.out or Path("mlruns") / "reports" / f"{file_stem(ns.run_id, 'run')}.html")  # the id stays a name
     out.parent.mkdir(parents=True, exist_ok=True)

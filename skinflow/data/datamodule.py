@@ -284,7 +284,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         if not valid.all():
             row = int(np.flatnonzero(~valid)[0])
             raise DataError(
-                f"{self.csv_file} row {row + 2} (md5hash {df['md5hash'].iloc[row]}): {fst} {column.iloc[row]!r} is "
+                f"{self.csv_file} row {row + 2} (md5hash {df['md5hash'].iloc[row]}): {fst} {text.iloc[row]!r} is "
                 f"not a Fitzpatrick skin type (1-6, or -1 for unknown; {int((~valid).sum())} such rows)")
         return text.astype(float).astype(int)
 

@@ -51,7 +51,8 @@ def eval_transform(image_size: int) -> A.Compose:
 def to_rgb(img: Image.Image) -> np.ndarray:
     """An (H, W, 3) uint8 array of any PIL image. PIL's own ``convert("RGB")`` clips 16- and 32-bit integer and
     float images to 255 (a 16-bit PNG becomes white); those are scaled from their range instead: 16-bit by
-    1/257, 32-bit integer and float by their maximum. Palette, CMYK and alpha images go through PIL (alpha is
+    1/257, 32-bit integer as 8- or 16-bit by its range, float in [0, 1] by 255, other ranges stretched to
+    0-255. Palette, CMYK and alpha images go through PIL (alpha is
     dropped)."""
     if img.mode.startswith("I;16"):
         values = np.asarray(img, dtype=np.float64) / 257.0
@@ -60,6 +61,8 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         low, high = float(values.min()), float(values.max())
         if img.mode == "I" and 0 <= low and high <= 65535:
             values = values / (257.0 if high > 255 else 1.0)
+        elif img.mode == "F" and 0 <= low and high <= 1:
+            values = values * 255.0
         elif high > low:
             values = (values - low) * (255.0 / (high - low))
         else:

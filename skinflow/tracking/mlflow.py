@@ -199,9 +199,10 @@ class MLflowConfigCallback(SaveConfigCallback):
         client.log_text(run_id, self.parser.dump(self.config, skip_none=False), "config.yaml")
         client.set_tag(run_id, "skinflow.stage", getattr(pl_module, "stage_name", type(pl_module).__name__))
         client.set_tag(run_id, "mlflow.source.git.commit", git_commit())
-        from skinflow.resume import RUN_KEY_TAG, run_key
+        from skinflow.resume import CONFIG_KEY_TAG, RUN_KEY_TAG, config_key, run_key
 
         client.set_tag(run_id, RUN_KEY_TAG, run_key(self.parser, self.config))
+        client.set_tag(run_id, CONFIG_KEY_TAG, config_key(self.parser, self.config))
         report = getattr(trainer.datamodule, "report", None)
         if report:
             client.log_text(run_id, json.dumps(report, indent=2, default=str), "data_report.json")
