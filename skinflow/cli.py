@@ -26,14 +26,14 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningCLI  # noqa: E402
 
-from skinflow.resume import SIGTERM_EXIT, Preemption, ResumeError, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
+from skinflow.resume import SIGTERM_EXIT, DistributedFailure, Preemption, ResumeError, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
 from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
 from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
 
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "skinflow.tracking.mlflow.SkinflowMLFlowLogger"},
     "default_root_dir": "mlruns",
-    "callbacks": [Preemption()],  # LightningCLI appends default callbacks to the configured ones
+    "callbacks": [Preemption(), DistributedFailure()],  # LightningCLI appends default callbacks to the configured ones
 }
 
 

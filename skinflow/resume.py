@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import sys
+import traceback
 from pathlib import Path
 
 from lightning.pytorch import Callback
@@ -184,3 +187,25 @@ class Preemption(Callback):
         if trainer.is_global_zero:
             print(f"\n[skinflow] {what} at step {trainer.global_step}: checkpoint written; resume with the same "
                   "command plus --ckpt_path last")
+
+
+class DistributedFailure(Callback):
+    """An error on one process of a multi-process run stops them all, with the error printed, instead of the
+    others waiting forever in their next collective (and the failing one in the collective of a checkpoint save).
+
+    Signals are left to Lightning, which stops all ranks at the same step and saves together. For any other
+    error: no checkpoint on exception (its save is a collective), the traceback is printed at once, and rank 0
+    kills the ranks it launched while another rank exits, which rank 0's process observer sees and ends the run."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if trainer.world_size < 2 or isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        for callback in trainer.checkpoint_callbacks:
+            callback.save_on_exception = False
+        traceback.print_exception(exception)
+        sys.stderr.flush()
+        if trainer.global_rank == 0:
+            for proc in getattr(trainer.strategy.launcher, "procs", []):
+                proc.kill()
+        else:
+            os._exit(1)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -436,10 +437,13 @@ class Fitzpatrick17kDataModule(LightningDataModule):
                        # its own generator: creating an iterator then draws no number from torch's global stream,
                        # which a resumed run must find where the interrupted run left it
                        generator=torch.Generator().manual_seed(self.training_seed))
-        if not shuffle:
-            return DataLoader(self.splits[name], shuffle=False, **options)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        if not shuffle:
+            # several processes: each evaluates its own images, none twice (DistributedSampler would repeat some to
+            # even the shards, and the reduced metrics would then differ from one process's)
+            sampler = UnrepeatedDistributedSampler(self.splits[name], num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+            return DataLoader(self.splits[name], shuffle=False, sampler=sampler, **options)
         sampler = EpochShuffle(len(self.splits[name]), self.training_seed, world, rank)
         if trainer is not None:
             sampler.set_epoch(trainer.current_epoch)
