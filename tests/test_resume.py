@@ -46,9 +46,11 @@ class SigtermAt(Callback):
 
 
 def client_in(folder):
-    from mlflow import MlflowClient
+    """A client that opens the store under the kit's lock: a plain one opened while a run creates the store
+    races its schema creation (what the lock prevents)."""
+    from skinflow.tracking.mlflow import existing_client
 
-    return MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    return existing_client(f"sqlite:///{folder}/mlruns/mlflow.db")
 
 
 def only_run(folder):
@@ -79,11 +81,16 @@ def final_weights(client, run) -> dict[str, torch.Tensor]:
     return torch.load(folder / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
-def interrupted_and_resumed(tmp_path, monkeypatch, args, interrupt_at: int):
-    cache = [f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    whole.mkdir(), broken.mkdir()
-    assert run_cli(whole, monkeypatch, args + cache) == 0
+def uninterrupted(folder, monkeypatch, args, cache):
+    folder.mkdir()
+    assert run_cli(folder, monkeypatch, args + cache) == 0
+    client, run = only_run(folder)
+    return client, run, folder
+
+
+def interrupted_and_resumed(tmp_path, monkeypatch, args, interrupt_at: int, cache):
+    broken = tmp_path / "broken"
+    broken.mkdir()
     assert run_cli(broken, monkeypatch, args + cache, interrupt_at=interrupt_at) == SIGTERM_EXIT
     client, stopped = only_run(broken)
     assert stopped.info.status == "KILLED"
@@ -92,8 +99,16 @@ def interrupted_and_resumed(tmp_path, monkeypatch, args, interrupt_at: int):
     assert run_cli(broken, monkeypatch, args + cache + ["--ckpt_path=last"]) == 0
     client, resumed = only_run(broken)  # the same run, continued: still one run in the experiment
     assert resumed.info.run_id == stopped.info.run_id and resumed.info.status == "FINISHED"
-    whole_client, uninterrupted = only_run(whole)
-    return (whole_client, uninterrupted, whole), (client, resumed, broken)
+    return client, resumed, broken
+
+
+@pytest.fixture(scope="module")
+def whole_warmup(tmp_path_factory):
+    """The uninterrupted warmup every interrupted one is compared with (run once for the module)."""
+    folder = tmp_path_factory.mktemp("warmup")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        cache = [f"--data.init_args.cache_dir={folder / 'cache'}"]
+        return uninterrupted(folder / "whole", monkeypatch, WARMUP, cache), cache
 
 
 def assert_same_run(whole, broken, monkeypatch):
@@ -110,8 +125,9 @@ def assert_same_run(whole, broken, monkeypatch):
 
 
 @pytest.mark.parametrize("interrupt_at", [3, 4, 6], ids=["mid-epoch-0", "end-of-epoch-0", "mid-epoch-1"])
-def test_interrupted_warmup_resumes_to_bit_identical_metrics_in_the_same_run(tmp_path, monkeypatch, interrupt_at):
-    whole, broken = interrupted_and_resumed(tmp_path, monkeypatch, WARMUP, interrupt_at=interrupt_at)
+def test_interrupted_warmup_resumes_to_bit_identical_metrics_in_the_same_run(tmp_path, monkeypatch, interrupt_at, whole_warmup):
+    whole, cache = whole_warmup
+    broken = interrupted_and_resumed(tmp_path, monkeypatch, WARMUP, interrupt_at, cache)
     assert_same_run(whole, broken, monkeypatch)
     losses = history(whole[0], whole[1].info.run_id)["train/loss"]
     assert [s for s, _ in losses] == list(range(8))  # every step logged once: the comparison saw the whole run
@@ -121,7 +137,9 @@ def test_interrupted_grpo_stage_resumes_to_bit_identical_metrics(tmp_path, monke
     from skinflow.rl.rewards import REWARDS
 
     monkeypatch.setitem(REWARDS, "distinct_characters", distinct_characters)
-    whole, broken = interrupted_and_resumed(tmp_path, monkeypatch, STAGE1, interrupt_at=2)
+    cache = [f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    whole = uninterrupted(tmp_path / "whole", monkeypatch, STAGE1, cache)
+    broken = interrupted_and_resumed(tmp_path, monkeypatch, STAGE1, 2, cache)
     assert_same_run(whole, broken, monkeypatch)
     kl = history(whole[0], whole[1].info.run_id)["rl/kl"]
     assert len(kl) == 5 and kl[-1][1] > 0  # the reference stayed the start: the policy has moved away from it

@@ -79,12 +79,16 @@ def existing_client(tracking_uri: str):
     from mlflow import MlflowClient
 
     path = sqlite_file(tracking_uri)
-    if path is not None:
-        if not path.is_file():
-            return None
-        if path.stat().st_size == 0:
-            raise StoreError(f"{path} is an empty file, not an MLflow store; remove it or point --tracking-uri at the store")
-    return MlflowClient(resolve_tracking_uri(tracking_uri))
+    if path is None:
+        return MlflowClient(resolve_tracking_uri(tracking_uri))
+    if not path.is_file():
+        return None
+    if path.stat().st_size == 0:
+        raise StoreError(f"{path} is an empty file, not an MLflow store; remove it or point --tracking-uri at the store")
+    with store_lock(tracking_uri):  # opening a store may upgrade its schema: never beside a run creating it
+        client = MlflowClient(resolve_tracking_uri(tracking_uri))
+        client.search_experiments(max_results=1)
+    return client
 
 
 def client_for_existing(tracking_uri: str):
@@ -122,7 +126,7 @@ def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location
         raise StoreError(f"{path} is an empty file, not an MLflow store; remove it to start a new store")
     with store_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name(experiment_name)
+        experiment = client.get_experiment_by_name(experiment_name)  # creates or upgrades the schema, locked
         if experiment is not None:
             return experiment.experiment_id
         return client.create_experiment(experiment_name, artifact_location)
