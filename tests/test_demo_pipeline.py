@@ -3,26 +3,29 @@ on synthetic lesions with the tiny model, with fixed seeds. Chance on these 15 l
 
 The seeds are fixed but the trajectory is not the same on every machine: float rounding differs between CPUs and
 RL sampling amplifies it. So the claims below are only those that held on every trajectory measured: seeds 0, 1, 2
-of ``python benchmarks/learning_over_seeds.py`` (seed 0 is this test's trajectory), measured after the tiny preset's
-rope_theta moved to 20 (gains over each stage's own start, evaluated on the same images):
+of ``python benchmarks/learning_over_seeds.py`` (seed 0 is this test's trajectory), measured after the training
+order, augmentation and prompt draws became functions of (seed, epoch, position) for exact resume (a new random
+stream, like new seeds; gains over each stage's own start, evaluated on the same images):
 
-- Stage II cuts malignant misses at top-1 on the test images (malignant references answered benign):
-  -0.147, -0.137, -0.432. Margin: at least 0.05 fewer.
-- Stage II keeps graded top-1 (-0.029, +0.016, +0.044) and graded top-6 (-0.013, +0.025, +0.066), and Stage I
-  keeps the validation caption reward (-0.007, -0.027, +0.003), near their starts. These are guards against a stage
-  that wrecks what it does not (reliably) improve, not learning claims.
-- NOT claimed, because it does not hold in every seed: Stage II raising graded top-6 (2 of 3; it held in 4 of 4
-  runs with rope_theta 10,000, when the warmup was 0.12 top-1 weaker), Stage I raising the caption reward (1 of 3).
+- Stage II raises graded top-6, the score its reward optimises, on the test images: +0.014, +0.033, +0.012.
+  Margin: at least 0.005.
+- Stage II never leaves more malignant misses at top-1 (malignant references answered benign) than it starts with:
+  0.000, -0.053, -0.105 (one test image is 0.053), and does not lower graded top-1: +0.011, +0.033, +0.008.
+- Stage I keeps the validation caption reward near its start (+0.007, -0.005, +0.009): a guard against a stage
+  that wrecks what it does not reliably improve, not a learning claim.
+- NOT claimed, because it does not hold in every seed: Stage II cutting malignant misses by a margin (2 of 3; it
+  held 3 of 3 on the earlier stream, by 0.137 or more), Stage II raising top-1 (2 of 3), Stage I raising the
+  caption reward (2 of 3).
 """
 
 import pytest
 
 from tests.conftest import REPO
 
-WARMUP_TOP1_BAR = 0.30           # lowest measured: 0.347
-STAGE2_MALIGNANT_MISS_CUT = 0.05  # smallest cut measured: 0.137
-STAGE1_CAPTION_TOLERANCE = 0.06   # largest drop measured: 0.027
-STAGE2_GRADED_TOLERANCE = 0.05    # largest drops measured: graded top-1 0.029, graded top-6 0.013
+WARMUP_TOP1_BAR = 0.30            # lowest measured: 0.361
+STAGE2_GRADED_TOP6_GAIN = 0.005   # smallest gain measured: 0.0115
+STAGE2_MALIGNANT_MISS_RISE = 0.0  # largest rise measured: 0.000 (cuts of 0.053 and 0.105 in the other seeds)
+STAGE1_CAPTION_TOLERANCE = 0.06   # largest drop measured: 0.005
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +70,13 @@ def test_demo_stage2_runs_from_stage1_and_reports_start_and_end(demo):
 
 
 @pytest.mark.slow
-def test_demo_stage2_cuts_malignant_misses(demo):
+def test_demo_stage2_raises_graded_top6(demo):
     stage2 = demo["stage2"]
-    assert stage2["test/malignant_miss_top1"] <= stage2["start/test/malignant_miss_top1"] - STAGE2_MALIGNANT_MISS_CUT
+    assert stage2["test/graded_top6"] >= stage2["start/test/graded_top6"] + STAGE2_GRADED_TOP6_GAIN
 
 
 @pytest.mark.slow
-def test_demo_stage2_keeps_graded_top1_and_top6(demo):
+def test_demo_stage2_adds_no_malignant_misses_and_keeps_graded_top1(demo):
     stage2 = demo["stage2"]
-    for metric in ("test/graded_top1", "test/graded_top6"):
-        assert stage2[metric] >= stage2[f"start/{metric}"] - STAGE2_GRADED_TOLERANCE, metric
+    assert stage2["test/malignant_miss_top1"] <= stage2["start/test/malignant_miss_top1"] + STAGE2_MALIGNANT_MISS_RISE
+    assert stage2["test/graded_top1"] >= stage2["start/test/graded_top1"]

@@ -27,6 +27,7 @@ and use the clinical metric collection of ``SkinflowStage``.
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from functools import partial
 
@@ -40,6 +41,10 @@ from skinflow.rl.credit import completion_token_fields, field_token_advantages, 
 from skinflow.rl.rewards import FIELD_TERMS, RewardSpec, combined_reward
 from skinflow.rl.rollout import Rollout, completion_mask, shared_image_features
 from skinflow.stages.base import SkinflowStage, adamw_with_schedule
+
+# Lightning warns that a step-interval checkpoint under manual optimisation holds the weights after the step; for
+# resuming that is what is wanted (the next step starts from them), so the warning, repeated per save, is noise
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
 TABLE_ROWS = 32
 
