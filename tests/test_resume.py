@@ -192,3 +192,27 @@ def test_sigterm_from_outside_exits_143_with_a_checkpoint_and_the_same_command_r
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(steps) == list(range(24))  # one unbroken curve: before the signal, then from where it stopped
+
+
+class SigintAt(SigtermAt):
+    """Ctrl-C after the given optimizer step."""
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_writes_a_checkpoint_marks_the_run_killed_and_exits_non_zero(tmp_path, monkeypatch):
+    args = [*WARMUP, "--trainer.max_epochs=1", f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", [*cli.TRAINER_DEFAULTS["callbacks"], SigintAt(2)])
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.main(args)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores further Ctrl-C while it stops
+    assert stop.value.code == 1
+    client, run = only_run(tmp_path)
+    assert run.info.status == "KILLED" and run.data.tags["skinflow.interrupted"] == "SIGINT at step 2"
+    last = checkpoint_folder("mlruns", run.info.experiment_id, run.info.run_id) / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
