@@ -47,8 +47,9 @@ class SkinflowCLI(LightningCLI):
         hyperparameters, and would fail inside torch)."""
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self.recorded_run = None  # the MLflow run a checkpoint file was written by (resolve_resume continues it)
         if ckpt not in (None, "last", "best", "hpc"):
-            read_stage_checkpoint(ckpt)
+            self.recorded_run = (read_stage_checkpoint(ckpt).get("skinflow_run") or {}).get("run_id")
         super()._parse_ckpt_path()
 
     def before_instantiate_classes(self) -> None:
@@ -62,7 +63,7 @@ class SkinflowCLI(LightningCLI):
             logger.run_name = default_run_name(config)
         if self.subcommand == "fit":
             resolve_resume(config, run_key(self._parser(self.subcommand), config),
-                           config.trainer.default_root_dir or "mlruns")
+                           config.trainer.default_root_dir or "mlruns", getattr(self, "recorded_run", None))
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

@@ -189,7 +189,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     finished (tag ``skinflow.stage_done``) are not re-run, their handoff checkpoints and test metrics are reused;
     the interrupted stage continues its child run from its ``last.ckpt`` (or starts over in it, when it stopped
     before writing one)."""
-    from skinflow.cli import lightning_cli
+    from skinflow.cli import TRAINER_DEFAULTS, lightning_cli
     from skinflow.resume import CONFIG_KEY_TAG, pipeline_config_key
     from skinflow.tracking.mlflow import git_commit, open_experiment
 
@@ -239,7 +239,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             resume_from = None
             if child is not None:
                 child_id = child.info.run_id
-                resume_from = stage_checkpoint("mlruns", experiment_id, child_id)
+                resume_from = stage_checkpoint(TRAINER_DEFAULTS["default_root_dir"], experiment_id, child_id)
             else:
                 child_id = client.create_run(experiment_id, run_name=stage.name, tags={"mlflow.parentRunId": parent_id}).info.run_id
             result["children"][stage.name] = child_id

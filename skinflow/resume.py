@@ -111,9 +111,10 @@ def checkpoint_folder(default_root_dir: str | Path, experiment_id: str, run_id: 
     return Path(default_root_dir) / experiment_id / run_id / "checkpoints"
 
 
-def resolve_resume(config, key: str, default_root_dir: str) -> None:
+def resolve_resume(config, key: str, default_root_dir: str, recorded_run: str | None = None) -> None:
     """Turn ``--ckpt_path last`` into the file and MLflow run to continue, and make ``--ckpt_path FILE`` continue
-    the run it came from; edits ``config`` in place (see the module's docstring)."""
+    the run it came from (``recorded_run``, read from the file); edits ``config`` in place (see the module's
+    docstring)."""
     from skinflow.tracking.mlflow import existing_client
 
     ckpt = config.get("ckpt_path")
@@ -124,12 +125,9 @@ def resolve_resume(config, key: str, default_root_dir: str) -> None:
     if ckpt != "last":
         if logger.get("run_id") or client is None:
             return
-        from skinflow.stages.base import read_stage_checkpoint
-
-        recorded = (read_stage_checkpoint(ckpt).get("skinflow_run") or {}).get("run_id")
-        if recorded and _run_or_none(client, recorded) is not None:
-            logger.run_id = recorded
-            print(f"[resume] {ckpt}: continuing MLflow run {recorded}")
+        if recorded_run and _run_or_none(client, recorded_run) is not None:
+            logger.run_id = recorded_run
+            print(f"[resume] {ckpt}: continuing MLflow run {recorded_run}")
         return
     run = None
     if logger.get("run_id"):
@@ -172,8 +170,9 @@ def _run_or_none(client, run_id: str):
 
 
 class Preemption(Callback):
-    """On SIGTERM or Ctrl-C: tag the MLflow run with where it stopped and mark it ``KILLED`` (not ``FAILED``);
-    the checkpoint callback's ``save_on_exception`` has written ``last.ckpt`` by then."""
+    """On SIGTERM or Ctrl-C: tag the MLflow run with where it stopped and mark it ``KILLED`` (not ``FAILED``).
+    The checkpoint callback's ``save_on_exception`` writes ``last.ckpt`` right after (Lightning runs checkpoint
+    callbacks last)."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
@@ -185,7 +184,7 @@ class Preemption(Callback):
             if trainer.is_global_zero:
                 logger.experiment.set_tag(logger.run_id, "skinflow.interrupted", f"{what} at step {trainer.global_step}")
         if trainer.is_global_zero:
-            print(f"\n[skinflow] {what} at step {trainer.global_step}: checkpoint written; resume with the same "
+            print(f"\n[skinflow] {what} at step {trainer.global_step}: writing last.ckpt; resume with the same "
                   "command plus --ckpt_path last")
 
 

@@ -216,3 +216,16 @@ def test_ctrl_c_writes_a_checkpoint_marks_the_run_killed_and_exits_non_zero(tmp_
     assert run.info.status == "KILLED" and run.data.tags["skinflow.interrupted"] == "SIGINT at step 2"
     last = checkpoint_folder("mlruns", run.info.experiment_id, run.info.run_id) / "last.ckpt"
     assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 2
+
+
+def test_ckpt_path_file_continues_the_mlflow_run_the_file_came_from(tmp_path, monkeypatch, capsys):
+    args = [*WARMUP, "--trainer.limit_train_batches=1", f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    assert run_cli(tmp_path, monkeypatch, [*args, "--trainer.max_epochs=1"]) == 0
+    client, first = only_run(tmp_path)
+    last = checkpoint_folder("mlruns", first.info.experiment_id, first.info.run_id) / "last.ckpt"
+    # another max_epochs is another config (no `last` match), but the file names its run: training goes on there
+    assert run_cli(tmp_path, monkeypatch, [*args, "--trainer.max_epochs=2", f"--ckpt_path={last}"]) == 0
+    assert f"continuing MLflow run {first.info.run_id}" in capsys.readouterr().out
+    client, again = only_run(tmp_path)
+    assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(again.info.run_id, "train/loss")) == [0, 1]

@@ -86,8 +86,8 @@ class ResumableLoader(DataLoader):
 
     The position itself is saved and restored by ``Fitzpatrick17kDataModule.state_dict`` / ``load_state_dict``:
     Lightning builds the training loader before it restores loop state (to count the schedule's steps), so a
-    state loaded into the loader would come after its first batch was drawn. The loader's own state is only the
-    order's seed, which a resume checks."""
+    state loaded into the loader would come after its first batch was drawn. The loader's own state (the order's
+    seed) is for the record; the DataModule checks seed and process count when it restores the position."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -72,6 +72,12 @@ def sqlite_file(tracking_uri: str) -> Path | None:
     return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
 
 
+def refuse_empty_store(path: Path) -> None:
+    """A zero-byte sqlite file is not a store: MLflow would silently initialise it as a new one."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise StoreError(f"{path} is an empty file, not an MLflow store; remove it or point --tracking-uri at the store")
+
+
 def existing_client(tracking_uri: str):
     """An ``MlflowClient`` for a store that exists, ``None`` for an sqlite file that does not (nothing is created).
 
@@ -83,8 +89,7 @@ def existing_client(tracking_uri: str):
         return MlflowClient(resolve_tracking_uri(tracking_uri))
     if not path.is_file():
         return None
-    if path.stat().st_size == 0:
-        raise StoreError(f"{path} is an empty file, not an MLflow store; remove it or point --tracking-uri at the store")
+    refuse_empty_store(path)
     with store_lock(tracking_uri):  # opening a store may upgrade its schema: never beside a run creating it
         client = MlflowClient(resolve_tracking_uri(tracking_uri))
         client.search_experiments(max_results=1)
@@ -122,8 +127,8 @@ def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location
     from mlflow import MlflowClient
 
     path = sqlite_file(tracking_uri)
-    if path is not None and path.is_file() and path.stat().st_size == 0:
-        raise StoreError(f"{path} is an empty file, not an MLflow store; remove it to start a new store")
+    if path is not None:
+        refuse_empty_store(path)
     with store_lock(tracking_uri):
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)  # creates or upgrades the schema, locked
