@@ -1,3 +1,3 @@
-from skinflow.cli import main
+from skinflow.entry import main
 
 main()

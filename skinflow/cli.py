@@ -3,6 +3,8 @@
 The Lightning subcommands come from ``LightningCLI`` in subclass mode (any stage as ``model``, any DataModule as
 ``data``); MLflow is the default logger. Kit commands:
 
+- ``download --csv CSV --out DIR``: Fitzpatrick17k's images from their URLs, verified (``skinflow.data.download``).
+- ``audit-data --csv CSV --image-dir DIR``: duplicates, near-duplicate clusters, bad images (``skinflow.data.audit``).
 - ``synth --out DIR --per-class N --seed S``: write synthetic lesions and their CSV.
 - ``pipeline --config configs/pipeline/demo.yaml``: warmup -> Stage I -> Stage II -> test as MLflow child runs
   under one parent run (see ``skinflow.pipeline``).
@@ -132,9 +134,13 @@ KIT_COMMANDS = {"synth": synth_command, "pipeline": pipeline_command, "ablate": 
 def main(argv: list[str] | None = None) -> None:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from skinflow.entry import DATA_COMMANDS
+
     words = sys.argv[1:] if argv is None else argv
     try:
-        if words and words[0] in KIT_COMMANDS:
+        if words and words[0] in DATA_COMMANDS:
+            DATA_COMMANDS[words[0]](words[1:])
+        elif words and words[0] in KIT_COMMANDS:
             KIT_COMMANDS[words[0]](words[1:])
         else:
             lightning_cli(argv)  # None: LightningCLI reads sys.argv itself

@@ -1,0 +1,175 @@
+"""The downloader against a loopback server that fails the way the atlases do (skinflow.data.fault_server)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinflow.data.download import REPORT_COLUMNS, DownloadConfig, download
+from skinflow.data.fault_server import FaultServer
+
+REPO = Path(__file__).resolve().parent.parent
+# short waits so that every retry path runs in seconds; the defaults are for the real atlases
+FAST = DownloadConfig(concurrency=8, per_host=8, connect_timeout=1.0, read_timeout=0.4, deadline=0.8, retries=2,
+                      backoff=0.01, jitter=0.01)
+
+
+def jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def files() -> dict[str, bytes]:
+    images = [jpeg(i) for i in range(60)]
+    return {hashlib.md5(b).hexdigest(): b for b in images}
+
+
+def write_csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["md5hash", "url", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def read_report(out: Path) -> dict[str, dict]:
+    with open(out / "download_report.csv") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == REPORT_COLUMNS
+        return {row["md5hash"]: row for row in reader}
+
+
+MODES = {  # mode -> (image kept, reason in the report, requests the server sees at FAST.retries == 2)
+    "ok": (True, None, 1),
+    "redirect": (True, None, 1),  # one to the redirecting path (and one to /ok/)
+    "429-once": (True, None, 2), "500-once": (True, None, 2), "reset-once": (True, None, 2),
+    "stall-once": (True, None, 2), "truncated-once": (True, None, 2), "wrong-once": (True, None, 2),
+    "429": (False, "http_429", 3), "500": (False, "http_500", 3), "reset": (False, "connection_error", 3),
+    "stall": (False, "timeout", 3), "truncated": (False, "truncated", 3), "wrong": (False, "md5_mismatch", 3),
+    "drip": (False, "too_slow", 3), "loop": (False, "too_many_redirects", 3),
+    "html": (False, "not_an_image", 1), "404": (False, "http_404", 1),  # not retried: retrying will not help
+}
+
+
+def test_every_fault_is_retried_or_reported_and_only_verified_bytes_are_kept(tmp_path, files):
+    md5s = list(files)
+    out = tmp_path / "images"
+    with FaultServer(files, stall=1.2, drip_every=0.05) as server:
+        rows = [(md5, server.url(mode, md5), "psoriasis") for md5, mode in zip(md5s, MODES)]
+        no_url = md5s[len(MODES)]
+        rows.append((no_url, "", "psoriasis"))
+        summary = download(write_csv(tmp_path / "f.csv", rows), out, FAST, progress=False)
+        hits = {mode: len(server.hits(mode, md5)) for md5, mode in zip(md5s, MODES)}
+        first_429 = server.hits("429-once", md5s[list(MODES).index("429-once")])
+        agents = server.user_agents
+    report = read_report(out)
+    for (md5, mode), (kept, reason, requests) in zip(zip(md5s, MODES), MODES.values()):
+        target = out / f"{md5}.jpg"
+        assert target.is_file() == kept, mode
+        if kept:
+            assert target.read_bytes() == files[md5], mode
+            assert md5 not in report, mode
+        else:
+            assert report[md5]["reason"] == reason, mode
+            assert int(report[md5]["attempts"]) == requests, mode
+        assert hits[mode] == requests, mode
+    assert report[no_url]["reason"] == "no_url" and report[no_url]["attempts"] == "0"
+    assert summary.fetched == sum(k for k, _, _ in MODES.values()) and summary.no_url == 1
+    assert summary.by_reason["timeout"] == 1 and summary.by_reason["no_url"] == 1
+    # Retry-After: 1 was honoured (the backoff alone would have waited 0.01 s)
+    assert first_429[1] - first_429[0] >= 0.95
+    assert len(agents) == 1 and next(iter(agents)).startswith("skinflow-download/")
+    assert not list(out.glob(".*partial*")), "no partial file may stay behind"
+
+
+def test_connections_per_host_are_bounded(tmp_path, files):
+    md5s = list(files)[:24]
+    cfg = DownloadConfig(**{**FAST.__dict__, "concurrency": 8, "per_host": 2})
+    with FaultServer(files, latency=0.05) as server:
+        rows = [(md5, server.url("ok", md5), "x") for md5 in md5s]
+        summary = download(write_csv(tmp_path / "f.csv", rows), tmp_path / "out", cfg, progress=False)
+        most = server.max_in_flight
+    assert summary.fetched == len(md5s)
+    assert most == 2  # 8 workers, 2 connections to the one host: never more, and the two were used
+
+
+def test_verified_files_are_never_fetched_again_and_bad_ones_are(tmp_path, files):
+    md5s = list(files)[:6]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"{md5s[0]}.jpg").write_bytes(files[md5s[0]])  # verified: kept, not fetched
+    (out / f"{md5s[1]}.jpg").write_bytes(b"\xff\xd8\xff truncated by an old tool")  # does not verify: fetched again
+    (out / f".{md5s[2]}.jpg.partial-99999-1").write_bytes(b"half")  # what a killed run leaves
+    with FaultServer(files) as server:
+        rows = [(md5, server.url("ok", md5), "x") for md5 in md5s]
+        summary = download(write_csv(tmp_path / "f.csv", rows), out, FAST, progress=False)
+        hits = [len(server.hits("ok", md5)) for md5 in md5s]
+    assert hits == [0, 1, 1, 1, 1, 1]
+    assert summary.present == 1 and summary.fetched == 5
+    assert all((out / f"{m}.jpg").read_bytes() == files[m] for m in md5s)
+    assert not list(out.glob(".*partial*"))
+
+
+def test_interrupted_run_loses_nothing_and_resumes(tmp_path, files):
+    """SIGTERM mid-run: exit 130 after a report; every file there verifies; the next run fetches only the rest."""
+    md5s = list(files)
+    out = tmp_path / "out"
+    with FaultServer(files, latency=0.15) as server:
+        csv_path = write_csv(tmp_path / "f.csv", [(m, server.url("ok", m), "x") for m in md5s])
+        cmd = [sys.executable, "-m", "skinflow", "download", "--csv", str(csv_path), "--out", str(out),
+               "--concurrency", "2", "--no-progress"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 60
+        while len(list(out.glob("*.jpg"))) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr
+        assert "not attempted" in stdout
+        first = {m for m in md5s if (out / f"{m}.jpg").exists()}
+        assert 6 <= len(first) < len(md5s)
+        assert all((out / f"{m}.jpg").read_bytes() == files[m] for m in first)
+        assert not list(out.glob(".*partial*"))
+        assert read_report(out) == {}  # interrupted files are not failures
+        before = {m: len(server.hits("ok", m)) for m in md5s}
+        summary = download(csv_path, out, FAST, progress=False)
+        again = {m: len(server.hits("ok", m)) - before[m] for m in md5s}
+    assert summary.present == len(first) and summary.fetched == len(md5s) - len(first)
+    assert all(again[m] == 0 for m in first) and all(again[m] == 1 for m in md5s if m not in first)
+
+
+def test_labels_limit_and_dry_run(tmp_path, files):
+    md5s = list(files)[:6]
+    rows = [(m, f"http://127.0.0.1:9/ok/{m}.jpg", "psoriasis" if i % 2 else "eczema") for i, m in enumerate(md5s)]
+    csv_path = write_csv(tmp_path / "f.csv", rows)
+    out = tmp_path / "never"
+    run = subprocess.run([sys.executable, "-m", "skinflow", "download", "--csv", str(csv_path), "--out", str(out),
+                          "--labels", "psoriasis", "--limit", "2", "--dry-run"], cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "rows 2" in run.stdout and "to fetch: 2" in run.stdout and "127.0.0.1" in run.stdout
+    assert not out.exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([("not-an-md5", "http://x/a.jpg", "x")], "row 2: md5hash 'not-an-md5'"),
+    ([("../../etc/passwd", "http://x/a.jpg", "x")], "row 2"),
+])
+def test_bad_rows_fail_before_any_request_naming_the_row(tmp_path, rows, needle):
+    csv_path = write_csv(tmp_path / "f.csv", rows)
+    run = subprocess.run([sys.executable, "-m", "skinflow", "download", "--csv", str(csv_path), "--out", str(tmp_path / "o")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2 and needle in run.stderr and run.stderr.count("\n") == 1, run.stderr
