@@ -10,8 +10,9 @@ import yaml
 from skinflow.cli import main
 from tests.conftest import REPO
 
-# pipeline and ablation files are not LightningCLI configs (they name them): tested below and in test_ablation
-CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("pipeline", "ablation"))
+# pipeline and ablation files are not LightningCLI configs (they name them): tested below and in test_ablation;
+# audit files configure audit-data (tested in test_audit)
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name not in ("pipeline", "ablation", "audit"))
 PIPELINES = sorted((REPO / "configs" / "pipeline").glob("*.yaml"))
 COMPONENT = {"data": "--data", "model": "--model", "trainer": "--trainer"}
 

@@ -184,3 +184,49 @@ def test_real_sample_fst_holdout_keeps_unknown_types_in_test(tmp_path):
     test_fst = {r["fitzpatrick_scale"] for r in dm.splits["test"].records}
     assert train_fst <= {5, 6} and -1 in test_fst and not (test_fst & {5, 6})
     assert np.isin([r["label"] for r in dm.splits["test"].records], [r["label"] for r in dm.splits["train"].records]).all()
+
+
+# -- near-duplicate clusters and exclusions ----------------------------------------------------------------------
+def test_clusters_exclusions_and_the_clean_split_are_reported(tmp_path, synth_dir):
+    from skinflow.data.splits import clusters_on_two_sides
+
+    df = pd.read_csv(synth_dir / "labels.csv", dtype=str)
+    by_label = df.groupby("label")["md5hash"].apply(list)
+    clusters = pd.DataFrame([{"md5hash": m, "cluster": f"c{k}", "keep": int(j == 0)}
+                             for k, label in enumerate(by_label.index[:4]) for j, m in enumerate(by_label[label][:3])])
+    clusters.to_csv(tmp_path / "clusters.csv", index=False)
+    excluded = by_label[by_label.index[5]][:2]
+    pd.DataFrame({"md5hash": [*excluded, "f" * 32]}).to_csv(tmp_path / "exclude.csv", index=False)
+    common = dict(clusters_path=str(tmp_path / "clusters.csv"), exclude_path=str(tmp_path / "exclude.csv"))
+
+    dm = make_dm(tmp_path, synth_dir / "labels.csv", split="random", **common)
+    dm.setup()
+    kept = {m for ds in dm.splits.values() for m in ds.records["md5hash"]}
+    assert not kept & set(excluded)
+    assert dm.report["excluded"] == {"file": str(tmp_path / "exclude.csv"), "listed": 3, "excluded": 2, "listed_not_in_data": 1}
+    side = pd.Series({m: name for name, ds in dm.splits.items() for m in ds.records["md5hash"]})
+    groups = pd.Series(dict(zip(clusters.md5hash, clusters.cluster))).reindex(side.index)
+    assert clusters_on_two_sides(side, groups) == []
+    report = dm.report["clusters"]
+    assert report["clusters_in_data"] == 4 and sum(report["clusters_per_split"].values()) == 4
+    assert "warnings" not in dm.report
+
+    clean = make_dm(tmp_path, synth_dir / "labels.csv", split="clean", **common)
+    clean.setup()
+    assert clean.report["clusters"]["merged_by_clean"] == 8  # 4 clusters of 3 -> 4 images
+    assert sum(clean.report["splits"].values()) == sum(dm.report["splits"].values()) - 8
+    kept = {m for ds in clean.splits.values() for m in ds.records["md5hash"]}
+    assert set(clusters.md5hash[clusters.keep == 1]) <= kept and not set(clusters.md5hash[clusters.keep == 0]) & kept
+
+
+def test_without_clusters_the_report_warns_and_clean_refuses(tmp_path, synth_dir):
+    dm = make_dm(tmp_path, synth_dir / "labels.csv")
+    dm.setup()
+    assert any("near-duplicates were not checked" in w for w in dm.report["warnings"])
+    with pytest.raises(DataError, match="split 'clean' needs clusters_path"):
+        make_dm(tmp_path, synth_dir / "labels.csv", split="clean").setup()
+    with pytest.raises(DataError, match=r"clusters file not found: .*nowhere.csv"):
+        make_dm(tmp_path, synth_dir / "labels.csv", clusters_path=str(tmp_path / "nowhere.csv")).setup()
+    (tmp_path / "bad.csv").write_text("md5hash,group\nabc,1\n")
+    with pytest.raises(DataError, match=r"bad.csv has no 'cluster' column"):
+        make_dm(tmp_path, synth_dir / "labels.csv", clusters_path=str(tmp_path / "bad.csv")).setup()

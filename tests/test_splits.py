@@ -87,3 +87,87 @@ def test_bad_manifest_names_file_and_row(tmp_path):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="unknown split preset"):
         assign_splits(table(), "by_moon_phase")
+
+
+# -- near-duplicate clusters ------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from skinflow.data.splits import PRESETS, SplitError, clusters_on_two_sides  # noqa: E402
+
+GROUPED_PRESETS = [p for p in PRESETS if p != "manifest"]
+
+
+@st.composite
+def clustered_tables(draw):
+    """A table of 12-120 images over 2-5 labels, mixed skin types and atlases, with random near-duplicate
+    clusters (some straddling skin types and atlases, some with two labels)."""
+    n = draw(st.integers(12, 120))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    labels = ["psoriasis", "eczema", "melanoma", "milia", "vitiligo"][: draw(st.integers(2, 5))]
+    df = pd.DataFrame({
+        "md5hash": [f"{i:032x}" for i in range(n)],
+        "label": rng.choice(labels, n),
+        "fitzpatrick_scale": rng.choice([-1, 1, 2, 3, 4, 5, 6], n),
+        "url_alphanum": rng.choice(["httpwwwdermaamincomx.jpg", "httpatlasdermatologicocombrx.jpg", "httpelsewherex.jpg"], n),
+    })
+    k = draw(st.integers(0, n // 2))
+    groups = pd.Series(np.where(rng.random(n) < 0.5, rng.integers(0, max(k, 1), n).astype(str), None), index=df.index)
+    groups = groups.where(groups.map(groups.value_counts()).fillna(0) > 1)  # a cluster has two or more images
+    return df, groups, seed
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clustered_tables())
+def test_no_preset_puts_a_cluster_on_two_sides(case):
+    df, groups, seed = case
+    for preset in GROUPED_PRESETS:
+        assigned = assign_splits(df, preset, val=0.1, test=0.2, seed=seed % 7, groups=groups)
+        assert set(assigned) <= {"train", "val", "test", "drop"}
+        assert clusters_on_two_sides(assigned, groups) == [], preset
+        if preset in ("a12", "a34", "a56"):  # the holdout's test side is its definition: no image moves to it
+            kept = {"a12": (1, 2), "a34": (3, 4), "a56": (5, 6)}[preset]
+            assert not df.fitzpatrick_scale[assigned.isin(["train", "val"])].isin([t for t in range(-1, 7) if t not in kept]).any()
+        if preset == "clean":  # one image per cluster, clusters with two labels left out
+            placed = groups[(assigned != "drop") & groups.notna()]
+            assert placed.is_unique
+            labels = df.label.groupby(groups).nunique()
+            assert not placed.isin(set(labels.index[labels > 1])).any()
+            single = labels.index[labels == 1]
+            assert set(placed) == set(single) & set(groups[df.index[df.label.isin(df.label[assigned != "drop"])]])
+
+
+def test_grouped_random_split_moves_whole_clusters_and_stays_stratified():
+    df = table(per_label=30)
+    groups = pd.Series([f"c{i // 3}" if i % 30 < 12 else None for i in range(len(df))], index=df.index)
+    split = assign_splits(df, "random", seed=1, groups=groups)
+    assert clusters_on_two_sides(split, groups) == []
+    assert clusters_on_two_sides(assign_splits(df, "random", seed=1), groups)  # without groups they straddle
+    counts = pd.crosstab(df.label, split)
+    assert (counts["test"] >= 5).all() and (counts["train"] >= 19).all()
+
+
+def test_manifest_that_splits_a_cluster_names_it(tmp_path):
+    df = table(n_labels=2, per_label=4)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"md5hash": df.md5hash, "split": ["train", "test"] + ["train"] * 6}).to_csv(manifest, index=False)
+    groups = pd.Series(["c7", "c7"] + [None] * 6, index=df.index)
+    with pytest.raises(SplitError, match=r"m.csv puts near-duplicate cluster c7 into test and train .*pso0000 in train"):
+        assign_splits(df, "manifest", manifest=manifest, groups=groups)
+    ok = pd.Series(["c7", None, "c7"] + [None] * 5, index=df.index)
+    assert assign_splits(df, "manifest", manifest=manifest, groups=ok).iloc[0] == "train"
+
+
+def test_clean_needs_clusters_and_keeps_the_audits_choice():
+    df = table(n_labels=2, per_label=30)
+    with pytest.raises(SplitError, match="needs clusters_path"):
+        assign_splits(df, "clean")
+    groups = pd.Series([None] * len(df), index=df.index)
+    groups[[0, 1, 2]] = "c1"
+    keep = pd.Series(False, index=df.index)
+    keep[2] = True
+    split = assign_splits(df, "clean", seed=0, groups=groups, keep=keep)
+    assert list(split[[0, 1]]) == ["drop", "drop"] and split[2] != "drop"
+    counts = pd.crosstab(df.label, split).drop(columns="drop")
+    assert counts.loc["eczema"].to_dict() == {"test": 6, "train": 21, "val": 3}  # 70/10/20 of 30

@@ -12,7 +12,7 @@ For every image the CSV lists (found in the image folder as ``<md5hash>.jpg|png|
   against their median; ``dhash``: the sign of horizontal differences of a 9 x 8 grey image; 64 bits each) of
   the image and of its mirror image;
 - its size, aspect ratio and grey-level spread: images that fail to decode, are tiny, extreme in aspect or
-  nearly blank are listed.
+  nearly blank are listed (a nearly blank image's perceptual hash is noise: it joins a cluster only by its bytes).
 
 Two images are near-duplicates when, comparing one with the other as it is or mirrored, their phashes differ in
 at most ``threshold`` bits and their dhashes in at most ``dhash_threshold``; clusters are the connected
@@ -59,7 +59,7 @@ class AuditConfig:
     hash_size: int = 8
     tiny_side: int = 64  # an image whose shorter side has fewer pixels is listed as tiny
     max_aspect: float = 3.5  # longer side over shorter side above this: extreme aspect
-    blank_std: float = 6.0  # grey-level standard deviation (0-255) below this: nearly blank
+    blank_std: float = 1.5  # grey-level standard deviation (0-255) below this: nearly blank
     workers: int = 0  # processes hashing images; 0: one per CPU
     sheet_clusters: int = 12  # rows of the contact sheet (the largest clusters)
     sheet_members: int = 8  # images shown per cluster
@@ -229,9 +229,12 @@ def audit(csv_path: str | Path, image_dir: str | Path, out: str | Path = "audit"
     ok = present[present["error"].isna()].reset_index(drop=True)
 
     pairs = np.zeros((0, 2), dtype=np.int64)
-    if len(ok):
-        pairs = hamming_pairs(np.stack(ok["hash"].to_list()), np.stack(ok["mirror"].to_list()),
+    # a nearly blank image's hash bits are noise around a flat median: it is listed, and clustered only by bytes
+    hashable = np.flatnonzero(ok["grey_std"].to_numpy() >= cfg.blank_std)
+    if len(hashable):
+        found = hamming_pairs(np.stack(ok["hash"].iloc[hashable].to_list()), np.stack(ok["mirror"].iloc[hashable].to_list()),
                               (cfg.threshold, cfg.dhash_threshold))
+        pairs = hashable[found]
     exact_groups = ok.groupby("bytes_md5").indices
     exact_pairs = [(idx[0], j) for idx in exact_groups.values() if len(idx) > 1 for j in idx[1:]]
     all_pairs = np.concatenate([pairs, np.array(exact_pairs, dtype=np.int64).reshape(-1, 2)])
@@ -268,7 +271,7 @@ def audit(csv_path: str | Path, image_dir: str | Path, out: str | Path = "audit"
                  "image against image or against mirror image"),
         **facts,
         "images_listed": len(df), "images_found": len(present), "missing": df.loc[df["file"].isna(), "md5hash"].tolist(),
-        "undecodable": [{"md5hash": m, "error": e} for m, e in zip(present["md5hash"], present["error"]) if e],
+        "undecodable": [{"md5hash": m, "error": e} for m, e in zip(present["md5hash"], present["error"]) if isinstance(e, str)],
         "bytes_not_matching_md5hash": int((ok["bytes_md5"] != ok["md5hash"]).sum()),
         "exact_duplicate_groups": len(exact_multi), "exact_duplicate_images": int(sum(len(i) for i in exact_multi)),
         "near_duplicate_pairs": int(len(pairs)),

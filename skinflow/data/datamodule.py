@@ -32,7 +32,7 @@ from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, PROMPTS, DataError
 from skinflow.data.names import MD5_PATTERN, invalid_ids
 from skinflow.data.order import EpochShuffle, ResumableLoader, reseed
 from skinflow.data.ontology import ONTOLOGY
-from skinflow.data.splits import PRESETS, assign_splits
+from skinflow.data.splits import PRESETS, assign_splits, clusters_on_two_sides, read_clusters
 from skinflow.data.synthetic import RENDER_VERSION, generate
 from skinflow.data.transforms import eval_transform, to_rgb, train_transform
 
@@ -106,7 +106,14 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         synthetic_per_class: images per class when generating synthetic data.
         synthetic_seed: seed of the synthetic generator.
         cache_dir: where synthetic images, the cached record table and the data report go.
-        split: ``random`` | ``a12`` | ``a34`` | ``a56`` | ``source_dermaamin`` | ``source_atlas`` | ``manifest``.
+        split: ``random`` | ``a12`` | ``a34`` | ``a56`` | ``source_dermaamin`` | ``source_atlas`` | ``manifest`` |
+            ``clean`` (one image per near-duplicate cluster, 70/10/20 stratified by label; needs ``clusters_path``).
+            See ``skinflow.data.splits``.
+        clusters_path: the near-duplicate clusters of ``python -m skinflow audit-data`` (its ``clusters.csv``):
+            every preset keeps each cluster on one side of the split. Without it the data report warns that
+            near-duplicates were not checked.
+        exclude_path: CSV with an ``md5hash`` column: images to leave out of every split (counted in the data
+            report).
         val_fraction: share of validation rows (of the training side for holdout presets).
         test_fraction: share of test rows for ``random``.
         split_seed: seed of the split (which image goes to train, val or test).
@@ -152,6 +159,8 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         split_seed: int = 0,
         seed: int | None = None,
         split_manifest: str | None = None,
+        clusters_path: str | None = None,
+        exclude_path: str | None = None,
         labels: list[str] | None = None,
         min_images_per_label: int = 0,
         drop_wrongly_labelled: bool = True,
@@ -352,11 +361,14 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         self.report["table"] = str(table_dir)
         df = records.select_columns(["md5hash", "label", self.hparams.fitzpatrick_column, "url_alphanum",
                                      *CAPTION_COLUMNS.values()]).to_pandas()
-        keep = self._label_filter(df)
+        groups, keepers = self._clusters(df)
+        keep = self._label_filter(df) & ~self._excluded(df)
         assigned = assign_splits(
             df[keep], self.hparams.split, self.hparams.val_fraction, self.hparams.test_fraction,
             self.hparams.split_seed, self.hparams.split_manifest, self.hparams.fitzpatrick_column,
+            groups=None if groups is None else groups[keep], keep=None if keepers is None else keepers[keep],
         ).reindex(df.index, fill_value="drop")
+        self._cluster_report(df, keep, assigned, groups)
         train_labels = df.loc[assigned == "train", "label"]
         counts = train_labels.value_counts().to_dict()
         candidates = sorted(counts)
@@ -384,6 +396,60 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         self.report["dropped_by_split_or_filter"] = int((assigned == "drop").sum())
         self.report["labels"] = candidates
         log.info("data: %s", {k: self.report[k] for k in ("rows", "kept", "splits")})
+
+    def _clusters(self, df: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
+        """Cluster id per record (NaN: in no cluster) and the audit's ``keep`` mark, from ``clusters_path``."""
+        if not self.hparams.clusters_path:
+            message = ("near-duplicates were not checked: no clusters_path, so copies of one photograph may sit on "
+                       "both sides of the split (python -m skinflow audit-data writes the clusters.csv to give)")
+            self.report.setdefault("warnings", []).append(message)
+            log.warning(message)
+            return None, None
+        table = read_clusters(self.hparams.clusters_path)
+        cluster = dict(zip(table["md5hash"], table["cluster"]))
+        groups = df["md5hash"].map(cluster)
+        keepers = df["md5hash"].map(dict(zip(table["md5hash"], table["keep"] == "1"))) if "keep" in table.columns else None
+        self.report["clusters"] = {"file": str(self.hparams.clusters_path), "listed_images": len(table),
+                                   "listed_images_not_in_data": int((~table["md5hash"].isin(df["md5hash"])).sum())}
+        return groups, keepers
+
+    def _excluded(self, df: pd.DataFrame) -> pd.Series:
+        if not self.hparams.exclude_path:
+            return pd.Series(False, index=df.index)
+        path = Path(self.hparams.exclude_path)
+        if not path.is_file():
+            raise DataError(f"exclude_path: file not found: {path}")
+        listed = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if "md5hash" not in listed.columns:
+            raise DataError(f"exclude_path {path} has no 'md5hash' column (columns: {list(listed.columns)})")
+        names = set(listed["md5hash"].str.strip()) - {""}
+        excluded = df["md5hash"].isin(names)
+        self.report["excluded"] = {"file": str(path), "listed": len(names), "excluded": int(excluded.sum()),
+                                   "listed_not_in_data": len(names - set(df["md5hash"]))}
+        log.info("exclude_path %s: left out %d of the %d images it lists", path, int(excluded.sum()), len(names))
+        return excluded
+
+    def _cluster_report(self, df: pd.DataFrame, keep: pd.Series, assigned: pd.Series, groups: pd.Series | None) -> None:
+        """How many clusters each split holds, how many images the split merged or dropped to keep them apart."""
+        if groups is None:
+            return
+        straddling = clusters_on_two_sides(assigned, groups)
+        if straddling:  # the split functions guarantee it; a failure here is a bug in them, not bad data
+            raise RuntimeError(f"split {self.hparams.split!r} put clusters {straddling[:3]} on two sides")
+        in_cluster = groups.notna() & keep
+        per_split = {name: int(groups[in_cluster & (assigned == name)].nunique()) for name in ("train", "val", "test")}
+        dropped = in_cluster & (assigned == "drop")
+        labels = df.loc[in_cluster, "label"].groupby(groups[in_cluster]).nunique()
+        conflicted = in_cluster & groups.isin(set(labels.index[labels > 1]))
+        clean = self.hparams.split == "clean"
+        self.report["clusters"].update({
+            "clusters_in_data": int(groups[in_cluster].nunique()), "images_in_clusters": int(in_cluster.sum()),
+            "clusters_per_split": per_split,
+            "cluster_images_out_of_every_split": int(dropped.sum()),
+            "clusters_with_several_labels": int((labels > 1).sum()),
+            "merged_by_clean": int((dropped & ~conflicted).sum()) if clean else 0,
+            "label_conflict_images_left_out_by_clean": int((dropped & conflicted).sum()) if clean else 0,
+        })
 
     def _captions(self, md5hashes: pd.Series) -> dict[str, dict[str, str]]:
         if not self.hparams.captions_path:
