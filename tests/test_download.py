@@ -173,3 +173,23 @@ def test_bad_rows_fail_before_any_request_naming_the_row(tmp_path, rows, needle)
     run = subprocess.run([sys.executable, "-m", "skinflow", "download", "--csv", str(csv_path), "--out", str(tmp_path / "o")],
                          cwd=REPO, capture_output=True, text=True)
     assert run.returncode == 2 and needle in run.stderr and run.stderr.count("\n") == 1, run.stderr
+
+
+def test_a_file_that_cannot_be_written_is_reported_not_retried(tmp_path, files, monkeypatch):
+    from skinflow.data import download as module
+
+    md5s = list(files)[:3]
+
+    def full_disk(self, md5, body):
+        if md5 == md5s[1]:
+            raise OSError(28, "No space left on device")
+        return real_write(self, md5, body)
+
+    real_write = module.Downloader._write
+    monkeypatch.setattr(module.Downloader, "_write", full_disk)
+    with FaultServer(files) as server:
+        rows = [(md5, server.url("ok", md5), "x") for md5 in md5s]
+        summary = download(write_csv(tmp_path / "f.csv", rows), tmp_path / "out", FAST, progress=False)
+        hits = len(server.hits("ok", md5s[1]))
+    assert summary.fetched == 2 and hits == 1
+    assert read_report(tmp_path / "out")[md5s[1]]["reason"] == "write_error: No space left on device"

@@ -319,7 +319,10 @@ class Downloader:
                         kind = response.headers.get("Content-Type", "unknown type").split(";")[0]
                         raise BodyError("not_an_image", kind, retry=False)
                     raise BodyError("md5_mismatch", f"{len(body)} bytes")
-                self._write(md5, body)
+                try:
+                    self._write(md5, body)
+                except OSError as err:  # the disk, not the server: retrying the request would not help
+                    return Outcome(md5, url, False, counter[0] + 1, f"write_error: {err.strerror or err}")
                 return Outcome(md5, url, True, counter[0] + 1, "", len(body))
             except MaxRetryError as err:
                 return Outcome(md5, url, False, counter[0], reason_of(err.reason or err))
