@@ -123,8 +123,10 @@ def test_verified_files_are_never_fetched_again_and_bad_ones_are(tmp_path, files
     assert not list(out.glob(".*partial*"))
 
 
-def test_interrupted_run_loses_nothing_and_resumes(tmp_path, files):
-    """SIGTERM mid-run: exit 130 after a report; every file there verifies; the next run fetches only the rest."""
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "Ctrl-C"])
+def test_interrupted_run_loses_nothing_and_resumes(tmp_path, files, sig, status):
+    """Killed mid-run: it exits 128 + signal after a report; every file there verifies; the next run fetches
+    only the rest."""
     md5s = list(files)
     out = tmp_path / "out"
     with FaultServer(files, latency=0.15) as server:
@@ -136,9 +138,9 @@ def test_interrupted_run_loses_nothing_and_resumes(tmp_path, files):
         deadline = time.monotonic() + 60
         while len(list(out.glob("*.jpg"))) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 130, stderr
+        assert proc.returncode == status, stderr
         assert "not attempted" in stdout
         first = {m for m in md5s if (out / f"{m}.jpg").exists()}
         assert 6 <= len(first) < len(md5s)

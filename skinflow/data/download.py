@@ -157,7 +157,7 @@ def read_rows(csv_path: str | Path, labels: list[str] | None = None, limit: int 
 def remove_partials(out: Path) -> int:
     """Delete the partial files an earlier run left when it was killed (only this module's own pattern)."""
     removed = 0
-    for path in out.glob(f".*.jpg{PARTIAL}*"):
+    for path in [*out.glob(f".*.jpg{PARTIAL}*"), *out.glob(f".{REPORT_NAME}{PARTIAL}*")]:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
@@ -443,7 +443,7 @@ def dry_run(csv_path: str | Path, out: str | Path, labels: list[str] | None = No
     """What a download would do, without a request or a file written."""
     out = Path(out)
     df = read_rows(csv_path, labels, limit)
-    todo = plan(df, out, progress=False) if out.is_dir() else plan(df, Path("/nonexistent-skinflow"), progress=False)
+    todo = plan(df, out, progress=False)  # a folder not there yet: every row with a URL is to fetch
     hosts = Counter(urlsplit(url).hostname or "?" for _, url in todo.fetch)
     lines = [f"rows {todo.rows} ({todo.duplicate_rows} repeat an md5hash), already verified in {out}: {len(todo.present)}, "
              f"no url: {len(todo.no_url)}, to fetch: {len(todo.fetch)}"
@@ -486,7 +486,13 @@ def download_command(argv: list[str]) -> None:
             print(dry_run(ns.csv, ns.out, ns.labels, ns.limit))
             return
         stop = threading.Event()
-        previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        terminated = []
+
+        def on_sigterm(*_):
+            terminated.append(True)
+            stop.set()
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             summary = download(ns.csv, ns.out, cfg, ns.labels, ns.limit, progress=not ns.no_progress, stop=stop)
         finally:
@@ -495,5 +501,5 @@ def download_command(argv: list[str]) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(summary.table())
-    if summary.interrupted:
-        sys.exit(130)
+    if summary.interrupted:  # the shells' convention: 128 + the signal's number
+        sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
