@@ -110,15 +110,17 @@ def test_verified_files_are_never_fetched_again_and_bad_ones_are(tmp_path, files
     md5s = list(files)[:6]
     out = tmp_path / "out"
     out.mkdir()
+    repeated = [(md5s[3], "http://127.0.0.1:9/never-asked.jpg", "x")]  # a second row for one image: fetched once
     (out / f"{md5s[0]}.jpg").write_bytes(files[md5s[0]])  # verified: kept, not fetched
     (out / f"{md5s[1]}.jpg").write_bytes(b"\xff\xd8\xff truncated by an old tool")  # does not verify: fetched again
     (out / f".{md5s[2]}.jpg.partial-99999-1").write_bytes(b"half")  # what a killed run leaves
     with FaultServer(files) as server:
         rows = [(md5, server.url("ok", md5), "x") for md5 in md5s]
-        summary = download(write_csv(tmp_path / "f.csv", rows), out, FAST, progress=False)
+        summary = download(write_csv(tmp_path / "f.csv", rows + repeated), out, FAST, progress=False)
         hits = [len(server.hits("ok", md5)) for md5 in md5s]
     assert hits == [0, 1, 1, 1, 1, 1]
-    assert summary.present == 1 and summary.fetched == 5
+    assert summary.present == 1 and summary.fetched == 5 and summary.failed == 0
+    assert summary.duplicate_rows == 1 and "1 repeat an md5hash" in summary.table()
     assert all((out / f"{m}.jpg").read_bytes() == files[m] for m in md5s)
     assert not list(out.glob(".*partial*"))
 

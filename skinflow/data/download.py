@@ -371,10 +371,12 @@ class Summary:
     bytes: int
     report: Path | None
     interrupted: bool = False
+    duplicate_rows: int = 0
 
     def table(self) -> str:
         rate = self.fetched / self.seconds if self.seconds else 0.0
-        lines = [f"rows                   {self.rows}",
+        repeats = f"  ({self.duplicate_rows} repeat an md5hash: fetched once)" if self.duplicate_rows else ""
+        lines = [f"rows                   {self.rows}{repeats}",
                  f"already verified       {self.present}",
                  f"fetched and verified   {self.fetched}  ({rate:.1f} images/s, {self.bytes / 2**20:.1f} MiB in {self.seconds:.1f} s)",
                  f"failed                 {self.failed}",
@@ -434,7 +436,8 @@ def download(csv_path: str | Path, out: str | Path, cfg: DownloadConfig | None =
     summary = Summary(rows=todo.rows, present=len(todo.present), fetched=fetched, failed=failed,
                       no_url=len(todo.no_url), not_attempted=len(todo.fetch) - fetched - failed,
                       by_reason=dict(Counter(o.reason for o in failures)), seconds=time.monotonic() - start,
-                      bytes=nbytes, report=write_report(out, failures), interrupted=stop.is_set())
+                      bytes=nbytes, report=write_report(out, failures), interrupted=stop.is_set(),
+                      duplicate_rows=todo.duplicate_rows)
     log.info("download: %s", summary.by_reason)
     return summary
 
