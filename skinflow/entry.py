@@ -1,4 +1,4 @@
-"""``python -m skinflow`` / ``skinflow``: data commands start without importing Lightning (seconds saved per
+"""``python -m skinflow`` / ``skinflow``: data and LLM commands start without importing Lightning (seconds saved per
 call); every other command goes to ``skinflow.cli``."""
 
 from __future__ import annotations
@@ -18,7 +18,19 @@ def _audit(argv: list[str]) -> None:
     audit_command(argv)
 
 
-DATA_COMMANDS = {"download": _download, "audit-data": _audit}
+def _captions(argv: list[str]) -> None:
+    from skinflow.llm.captions import captions_command
+
+    captions_command(argv)
+
+
+def _judge(argv: list[str]) -> None:
+    from skinflow.llm.judge import judge_command
+
+    judge_command(argv)
+
+
+DATA_COMMANDS = {"download": _download, "audit-data": _audit, "captions": _captions, "judge": _judge}
 
 
 def main(argv: list[str] | None = None) -> None:

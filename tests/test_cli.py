@@ -4,6 +4,7 @@ import contextlib
 import io
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -114,6 +115,24 @@ def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
     assert config["data"]["init_args"]["synthetic_per_class"] == 4
     checkpoints = list((tmp_path / "mlruns").rglob("*.ckpt"))
     assert checkpoints and all(str(c).startswith(str(tmp_path / "mlruns")) for c in checkpoints)
+    # every tested image's answer, for the LLM judge; then the judge grades them and logs beside the kit's numbers
+    import json
+
+    assert "predictions" in artifacts
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "predictions/test.json", str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    labels = pd.read_csv(next((tmp_path / ".cache").rglob("labels.csv")), dtype=str).set_index("md5hash")["label"]
+    assert rows and len({r["md5hash"] for r in rows}) == len(rows)
+    assert all(labels[r["md5hash"]] == r["label"] for r in rows)
+    from skinflow.llm.fake_server import FakeOpenAI
+
+    with FakeOpenAI(lambda request: '{"top1": true, "top6": true, "dangerous_miss": false}') as server:
+        monkeypatch.setenv("SKINFLOW_TEST_KEY", server.api_key)
+        main(["judge", "--run-id", run.info.run_id, "--base-url", server.base_url, "--model", "j", "--api-key-env",
+              "SKINFLOW_TEST_KEY", "--runs", "1", "--no-progress"])
+        assert len(server.requests) == len(rows)
+    judged = client.get_run(run.info.run_id).data.metrics
+    assert judged["judge/top1"] == 1.0 and judged["judge/images"] == len(rows)
 
 
 def test_relative_sqlite_store_is_made_absolute(tmp_path, monkeypatch):

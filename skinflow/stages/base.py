@@ -144,6 +144,7 @@ class SkinflowStage(LightningModule):
         })
         self.metric_prefix = ""  # "start/" while the pipeline evaluates a stage's starting checkpoint
         self._samples: list[dict] = []
+        self._predictions: list[dict] = []  # every test image's answer (``predictions/test.json``; the LLM judge reads it)
         self.strict_loading = False  # checkpoints carry trainable weights only
         if init_from:
             self.load_trainable(init_from)
@@ -199,12 +200,12 @@ class SkinflowStage(LightningModule):
         self.update_metrics(split, answers, batch["targets"])
         for name, metric in self.reward_means[split].items():
             metric.update(REWARDS[name](completions, batch["targets"]).to(self.device))
-        if len(self._samples) < SAMPLE_TABLE_ROWS:
-            for text, answer, target in zip(completions, answers, batch["targets"]):
-                self._samples.append({
-                    "md5hash": target.md5hash, "label": target.label, "fitzpatrick": target.fitzpatrick,
-                    "completion": text, "parsed": "; ".join(answer.labels), "status": answer.status,
-                })
+        rows = [{"md5hash": target.md5hash, "label": target.label, "fitzpatrick": target.fitzpatrick,
+                 "completion": text, "parsed": "; ".join(answer.labels), "status": answer.status}
+                for text, answer, target in zip(completions, answers, batch["targets"])]
+        self._samples.extend(rows[: max(SAMPLE_TABLE_ROWS - len(self._samples), 0)])
+        if split == "test":
+            self._predictions.extend(rows)
 
     def update_metrics(self, split: str, answers: list[ParsedAnswer], targets: list[Target]) -> None:
         preds = ranked_indices(answers).to(self.device)
@@ -238,6 +239,22 @@ class SkinflowStage(LightningModule):
             self.log(f"{key}/reward/{name}", metric.compute())
             metric.reset()
         self.log_samples(split)
+        if split == "test":
+            self.log_predictions()
+
+    def log_predictions(self) -> None:
+        """Every test image's completion and parsed ranked answer, from all processes, as the MLflow table
+        ``predictions/test.json`` (``predictions/start/test.json`` for a pipeline stage's starting point)."""
+        rows, self._predictions = self._predictions, []
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        logger = self.logger
+        if not rows or logger is None or not hasattr(logger, "run_id") or not self.trainer.is_global_zero:
+            return
+        table = {key: [row[key] for row in rows] for key in rows[0]}
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"predictions/{self.metric_prefix}test.json")
 
     def on_validation_epoch_end(self) -> None:
         self._log_split("val")
