@@ -261,3 +261,39 @@ def test_judge_command_logs_to_the_run(tmp_path, monkeypatch):
                               "--model", "m", "--table", "predictions/nothing.json"], cwd=tmp_path, capture_output=True, text=True,
                              env={**os.environ, KEY_ENV: "k", "PYTHONPATH": str(REPO)})
     assert missing.returncode == 2 and "has no predictions/nothing.json" in missing.stderr
+
+
+def test_captions_made_here_feed_stage1_on_real_photographs(tmp_path, monkeypatch):
+    """Real sample images -> captions through the loopback endpoint -> Stage I trains on them via captions_path."""
+    from mlflow import MlflowClient
+
+    from skinflow.cli import main
+    from tests.conftest import require_real_sample
+
+    root = require_real_sample()
+    df = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    df = df[df["label"].isin(["psoriasis", "acne"])].groupby("label").head(10).reset_index(drop=True)
+    csv_path = tmp_path / "subset.csv"
+    df.to_csv(csv_path, index=False)
+    by_bytes = {hashlib.md5((root / "images" / f"{m}.jpg").read_bytes()).hexdigest(): label for m, label in zip(df.md5hash, df.label)}
+    world = World(by_bytes)
+    out = tmp_path / "captions.jsonl"
+    with FakeOpenAI(world) as server:
+        summary = make_captions(client_for(server), csv_path, root / "images", out, CaptionConfig(model="vlm"), progress=False)
+    assert summary.accepted_at == {1: len(df)}
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(REPO / "configs/experiment/stage1_tiny_synthetic.yaml"),
+          "--data.init_args.csv_path", str(csv_path), "--data.init_args.image_dir", str(root / "images"),
+          "--data.init_args.captions_path", str(out), "--data.init_args.image_size", "56", "--data.init_args.batch_size", "2",
+          "--data.init_args.eval_batch_size", "4", "--data.init_args.progress", "false",
+          "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+          "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", "--trainer.enable_model_summary", "false",
+          "--model.init_args.group_size", "2", "--model.init_args.max_new_tokens", "8", "--model.init_args.table_every", "0"])
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("skinflow").experiment_id])
+    report = json.loads(Path(client.download_artifacts(run.info.run_id, "data_report.json", str(tmp_path))).read_text())
+    assert report["captions"]["matched"] == len(df) and report["captions"]["file"] == str(out)
+    assert sum(report["without_caption_dropped"].values()) == 0  # every image had its caption
+    history = client.get_metric_history(run.info.run_id, "reward/caption_fields")
+    assert len(history) == 2  # two GRPO steps scored against these captions
