@@ -131,8 +131,13 @@ def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
         main(["judge", "--run-id", run.info.run_id, "--base-url", server.base_url, "--model", "j", "--api-key-env",
               "SKINFLOW_TEST_KEY", "--runs", "1", "--no-progress"])
         assert len(server.requests) == len(rows)
-    judged = client.get_run(run.info.run_id).data.metrics
-    assert judged["judge/top1"] == 1.0 and judged["judge/images"] == len(rows)
+    judged = client.get_run(run.info.run_id).data
+    assert judged.metrics["judge/top1"] == 1.0 and judged.metrics["judge/images"] == len(rows)
+    assert judged.metrics["judge/dangerous_miss"] == 0.0 and judged.tags["skinflow.judge.prompt_version"] == "skinflow-judge-v1"
+    with pytest.raises(SystemExit) as missing:
+        main(["judge", "--run-id", run.info.run_id, "--model", "j", "--api-key-env", "SKINFLOW_TEST_KEY",
+              "--table", "predictions/nothing.json"])
+    assert missing.value.code == 2
 
 
 def test_relative_sqlite_store_is_made_absolute(tmp_path, monkeypatch):

@@ -174,11 +174,16 @@ def test_a_killed_run_resumes_with_nothing_lost_or_repeated(images, tmp_path):
 def test_bad_inputs_fail_in_one_line(images, tmp_path):
     csv_path, image_dir, _ = images
     base = [sys.executable, "-m", "skinflow", "captions", "--csv", str(csv_path), "--image-dir", str(image_dir),
-            "--out", str(tmp_path / "c.jsonl"), "--model", "m", "--base-url", "http://127.0.0.1:9/v1"]
+            "--out", str(tmp_path / "c.jsonl"), "--model", "m", "--no-progress", "--base-url", "http://127.0.0.1:9/v1"]
     env = {k: v for k, v in os.environ.items() if k != "SKINFLOW_UNSET_KEY"}
     missing_key = subprocess.run([*base, "--api-key-env", "SKINFLOW_UNSET_KEY"], cwd=REPO, capture_output=True, text=True, env=env)
     assert missing_key.returncode == 2 and "SKINFLOW_UNSET_KEY is not set" in missing_key.stderr
     assert missing_key.stderr.count("\n") == 1
+    with FakeOpenAI(lambda request: "never reached") as server:  # a wrong key: refused at once, not retried per image
+        wrong = subprocess.run([*base[:-2], "--base-url", server.base_url, "--api-key-env", KEY_ENV], cwd=REPO,
+                               capture_output=True, text=True, env={**env, KEY_ENV: "wrong"})
+    assert wrong.returncode == 2 and "AuthenticationError" in wrong.stderr and wrong.stderr.count("\n") == 1, wrong.stderr
+    assert not (tmp_path / "c.jsonl").exists()
 
 
 # -- the judge ---------------------------------------------------------------------------------------------------
@@ -235,32 +240,6 @@ def test_judge_majority_kappa_and_cache(tmp_path):
     assert m["judge/kappa_top6"] == pytest.approx(0.5) == cohen_kappa(judge_top6, onto_top6)
     assert asked == 12 and asked_again == 1  # only the malformed reply is asked again
     assert again.cache_hits == 11
-
-
-def test_judge_command_logs_to_the_run(tmp_path, monkeypatch):
-    import mlflow
-
-    monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
-    (tmp_path / "mlruns").mkdir()
-    client = mlflow.MlflowClient(uri)
-    exp = client.create_experiment("judged", artifact_location=str(tmp_path / "mlruns" / "artifacts"))
-    run = client.create_run(exp)
-    columns = ["md5hash", "label", "parsed"]
-    client.log_table(run.info.run_id, data={c: [r[c] for r in ROWS] for c in columns}, artifact_file="predictions/test.json")
-    with FakeOpenAI(judge_world(SCRIPT)) as server:
-        env = {**os.environ, KEY_ENV: server.api_key, "PYTHONPATH": str(REPO)}
-        result = subprocess.run([sys.executable, "-m", "skinflow", "judge", "--run-id", run.info.run_id, "--tracking-uri", uri,
-                                 "--base-url", server.base_url, "--model", "judge-m", "--api-key-env", KEY_ENV,
-                                 "--concurrency", "1", "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    logged = client.get_run(run.info.run_id).data
-    assert logged.metrics["judge/top1"] == 0.5 and logged.metrics["judge/kappa_top1"] == pytest.approx(0.5)
-    assert logged.tags["skinflow.judge.prompt_version"] == "skinflow-judge-v1"
-    missing = subprocess.run([sys.executable, "-m", "skinflow", "judge", "--run-id", run.info.run_id, "--tracking-uri", uri,
-                              "--model", "m", "--table", "predictions/nothing.json"], cwd=tmp_path, capture_output=True, text=True,
-                             env={**os.environ, KEY_ENV: "k", "PYTHONPATH": str(REPO)})
-    assert missing.returncode == 2 and "has no predictions/nothing.json" in missing.stderr
 
 
 def test_captions_made_here_feed_stage1_on_real_photographs(tmp_path, monkeypatch):

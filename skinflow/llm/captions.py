@@ -317,7 +317,9 @@ def make_captions(client, csv_path: str | Path, image_dir: str | Path, out: str 
                 summary.rejected_for_leak += attempts[-1]["reason"] == "leak"
             elif result["status"] == "error":
                 errors[result["error"]] += 1
-                log.warning("captions: %s failed (%s: %s); left for the next run", result["md5hash"], result["error"], result["detail"])
+                if result["error"] not in FATAL:  # a fatal error ends the run with one line instead
+                    log.warning("captions: %s failed (%s: %s); left for the next run", result["md5hash"], result["error"],
+                                result["detail"])
             else:
                 summary.interrupted += 1
             bar.update()
