@@ -43,8 +43,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinflow.data.formats import DataError
-from skinflow.data.names import MD5_PATTERN, invalid_ids
+from skinflow.data.formats import DataError, read_id_csv
 
 IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 CLUSTER_COLUMNS = ("md5hash", "cluster", "label", "width", "height", "keep")
@@ -186,18 +185,7 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
 
 def read_listing(csv_path: Path, image_dir: Path) -> tuple[pd.DataFrame, dict]:
     """The CSV's ``md5hash`` and ``label`` per distinct image, with the file found for each (or none)."""
-    if not csv_path.is_file():
-        raise DataError(f"label CSV not found: {csv_path}")
-    if not image_dir.is_dir():
-        raise DataError(f"image folder not found: {image_dir}")
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    for column in ("md5hash", "label"):
-        if column not in df.columns:
-            raise DataError(f"{csv_path}: required column {column!r} is missing (columns: {list(df.columns)})")
-    bad = invalid_ids(df["md5hash"].tolist(), MD5_PATTERN)
-    if bad:
-        raise DataError(f"{csv_path} row {bad[0] + 2}: md5hash {df['md5hash'].iloc[bad[0]]!r} is not an MD5 "
-                        f"({len(bad)} such rows)")
+    df = read_id_csv(csv_path, ("md5hash", "label"), image_dir)
     repeated = df["md5hash"].duplicated()
     conflicting = df[df["md5hash"].isin(df.loc[repeated, "md5hash"])].groupby("md5hash")["label"].nunique()
     facts = {"rows": len(df), "repeated_rows": int(repeated.sum()), "repeated_with_other_label": int((conflicting > 1).sum())}

@@ -42,8 +42,7 @@ from urllib.parse import urlsplit
 
 import pandas as pd
 
-from skinflow.data.formats import DataError
-from skinflow.data.names import MD5_PATTERN, invalid_ids
+from skinflow.data.formats import DataError, read_id_csv
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +129,7 @@ def file_md5(path: Path) -> str:
 def read_rows(csv_path: str | Path, labels: list[str] | None = None, limit: int | None = None) -> pd.DataFrame:
     """The CSV's ``md5hash``, ``url`` (and ``label``) columns, validated; ``labels`` and ``limit`` applied."""
     path = Path(csv_path)
-    if not path.is_file():
-        raise DataError(f"label CSV not found: {path}")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for column in ("md5hash", "url"):
-        if column not in df.columns:
-            raise DataError(f"{path}: required column {column!r} is missing (columns: {list(df.columns)})")
-    bad = invalid_ids(df["md5hash"].tolist(), MD5_PATTERN)
-    if bad:
-        raise DataError(f"{path} row {bad[0] + 2}: md5hash {df['md5hash'].iloc[bad[0]]!r} is not an MD5 (32 lower-case hex "
-                        f"characters; {len(bad)} such rows): the downloader names and verifies files by it")
+    df = read_id_csv(path, ("md5hash", "url"))
     if labels:
         if "label" not in df.columns:
             raise DataError(f"{path}: --labels needs a 'label' column (columns: {list(df.columns)})")

@@ -201,3 +201,29 @@ def parse_caption(text: str) -> tuple[dict[str, str], str]:
     fields = {name: value for name, (value, _, _) in _caption_lines(match).items()}
     status = "ok" if "</caption>" in text[match.start():] else "unclosed"
     return fields, status if fields else "empty"
+
+
+def read_id_csv(path, required: tuple[str, ...] = ("md5hash",), image_dir=None):
+    """A CSV keyed by Fitzpatrick17k's ``md5hash`` as text (no NA coercion), checked: the file (and ``image_dir``,
+    when given) exists, the ``required`` columns are there, every ``md5hash`` is an MD5. Errors name the file,
+    column or row (``DataError``). The data commands (download, audit-data, captions) read their CSV with it."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from skinflow.data.names import MD5_PATTERN, invalid_ids
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"label CSV not found: {path}")
+    if image_dir is not None and not Path(image_dir).is_dir():
+        raise DataError(f"image folder not found: {image_dir}")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for column in required:
+        if column not in df.columns:
+            raise DataError(f"{path}: required column {column!r} is missing (columns: {list(df.columns)})")
+    bad = invalid_ids(df["md5hash"].tolist(), MD5_PATTERN)
+    if bad:
+        raise DataError(f"{path} row {bad[0] + 2}: md5hash {df['md5hash'].iloc[bad[0]]!r} is not an MD5 (32 lower-case "
+                        f"hex characters; {len(bad)} such rows): files are named and checked by it")
+    return df

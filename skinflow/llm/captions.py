@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -37,8 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinflow.data.formats import CAPTION_FIELDS, PROMPTS, DataError, parse_answer, parse_caption
-from skinflow.data.names import MD5_PATTERN, invalid_ids
+from skinflow.data.formats import CAPTION_FIELDS, PROMPTS, DataError, parse_answer, parse_caption, read_id_csv
 from skinflow.data.ontology import ALIASES, ONTOLOGY, normalize_text, synonym_group
 from skinflow.llm.client import EndpointError, Usage, chat, image_data_url, make_client
 
@@ -196,17 +194,7 @@ def side_files(out: Path) -> tuple[Path, Path]:
 
 
 def read_images(csv_path: Path, image_dir: Path, labels: list[str] | None, limit: int | None) -> tuple[pd.DataFrame, int]:
-    if not csv_path.is_file():
-        raise DataError(f"label CSV not found: {csv_path}")
-    if not image_dir.is_dir():
-        raise DataError(f"image folder not found: {image_dir}")
-    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    for column in ("md5hash", "label"):
-        if column not in df.columns:
-            raise DataError(f"{csv_path}: required column {column!r} is missing (columns: {list(df.columns)})")
-    bad = invalid_ids(df["md5hash"].tolist(), MD5_PATTERN)
-    if bad:
-        raise DataError(f"{csv_path} row {bad[0] + 2}: md5hash {df['md5hash'].iloc[bad[0]]!r} is not an MD5")
+    df = read_id_csv(csv_path, ("md5hash", "label"), image_dir)
     unknown = ~df["label"].isin(ONTOLOGY.labels)
     if unknown.any():
         row = int(unknown.to_numpy().nonzero()[0][0])
