@@ -219,12 +219,10 @@ def read_predictions(client, run_id: str, table: str) -> list[dict]:
 
 
 def judge_command(argv: list[str]) -> None:
-    from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, StoreError, client_for_existing
-
     parser = argparse.ArgumentParser(prog="python -m skinflow judge",
                                      description="Grade a run's test answers with an LLM judge; log judge/* to the run.")
     parser.add_argument("--run-id", required=True)
-    parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
+    parser.add_argument("--tracking-uri", help="the MLflow store (default: the kit's, sqlite:///mlruns/mlflow.db)")
     parser.add_argument("--table", default="predictions/test.json", help="the run's prediction table (default %(default)s)")
     parser.add_argument("--base-url", help="the endpoint (default: api.openai.com)")
     parser.add_argument("--model", required=True)
@@ -241,8 +239,10 @@ def judge_command(argv: list[str]) -> None:
     ns = parser.parse_args(argv)
     if ns.runs < 1 or ns.concurrency < 1:
         parser.error("--runs and --concurrency need at least 1")
+    from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, StoreError, client_for_existing  # MLflow: after --help
+
     try:
-        store = client_for_existing(ns.tracking_uri)
+        store = client_for_existing(ns.tracking_uri or DEFAULT_TRACKING_URI)
         rows = read_predictions(store, ns.run_id, ns.table)
         client = make_client(ns.base_url, ns.api_key_env, ns.timeout, ns.retries)
         result = judge_rows(client, ns.model, rows, ns.runs, Cache(Path(ns.cache_dir)), ns.concurrency,
