@@ -43,9 +43,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinflow.data.formats import DataError, read_id_csv
+from skinflow.data.formats import DataError, image_files, read_id_csv
 
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 CLUSTER_COLUMNS = ("md5hash", "cluster", "label", "width", "height", "keep")
 
 
@@ -190,8 +189,7 @@ def read_listing(csv_path: Path, image_dir: Path) -> tuple[pd.DataFrame, dict]:
     conflicting = df[df["md5hash"].isin(df.loc[repeated, "md5hash"])].groupby("md5hash")["label"].nunique()
     facts = {"rows": len(df), "repeated_rows": int(repeated.sum()), "repeated_with_other_label": int((conflicting > 1).sum())}
     df = df[~repeated][["md5hash", "label"]].reset_index(drop=True)
-    names = {entry.name for entry in os.scandir(image_dir)}
-    df["file"] = [next((f"{m}{s}" for s in IMAGE_SUFFIXES if f"{m}{s}" in names), None) for m in df["md5hash"]]
+    df["file"] = image_files(df["md5hash"], image_dir)
     return df, facts
 
 

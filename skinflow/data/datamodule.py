@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from skinflow.data.captions import read_captions
 from skinflow.data.collate import MIXED, VisionLanguageCollator
-from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, PROMPTS, DataError, Target
+from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, IMAGE_SUFFIXES, PROMPTS, DataError, Target
 from skinflow.data.names import MD5_PATTERN, invalid_ids
 from skinflow.data.order import EpochShuffle, ResumableLoader, reseed
 from skinflow.data.ontology import ONTOLOGY
@@ -39,7 +39,6 @@ from skinflow.data.transforms import eval_transform, to_rgb, train_transform
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("md5hash", "label")
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 WRONGLY_LABELLED = "3 Wrongly labelled"
 SKIN_TYPES = (1, 2, 3, 4, 5, 6)  # Fitzpatrick I-VI; Fitzpatrick17k writes -1 for an unknown type
 

@@ -153,7 +153,7 @@ def remove_partials(out: Path) -> int:
     return removed
 
 
-def plan(df: pd.DataFrame, out: Path, verify_existing: bool = True, progress: bool = True) -> Plan:
+def plan(df: pd.DataFrame, out: Path, progress: bool = True) -> Plan:
     """Sort rows into fetch / already there (bytes verified) / no URL; repeated md5hashes are fetched once."""
     from tqdm.auto import tqdm
 
@@ -167,7 +167,7 @@ def plan(df: pd.DataFrame, out: Path, verify_existing: bool = True, progress: bo
         seen.add(md5)
         target = out / f"{md5}.jpg"
         if target.is_file():
-            if not verify_existing or file_md5(target) == md5:
+            if file_md5(target) == md5:
                 p.present.append(md5)
                 continue
             p.unverified_present.append(md5)
@@ -260,7 +260,7 @@ class Downloader:
         self.http = urllib3.PoolManager(num_pools=64, maxsize=cfg.per_host, block=True,
                                         headers={"User-Agent": user_agent(cfg.contact), "Accept": "image/*"})
 
-    def _read_body(self, response, md5: str) -> bytes:
+    def _read_body(self, response) -> bytes:
         start, chunks, size = time.monotonic(), [], 0
         for chunk in response.stream(1 << 16):
             size += len(chunk)
@@ -302,7 +302,7 @@ class Downloader:
                 if response.status != 200:  # a retried status was counted by the Retry that gave up on it
                     counted = response.status in RETRY_STATUSES
                     return Outcome(md5, url, False, counter[0] + (not counted), f"http_{response.status}")
-                body = self._read_body(response, md5)
+                body = self._read_body(response)
                 consumed = True
                 if hashlib.md5(body).hexdigest() != md5:
                     if not looks_like_image(body):

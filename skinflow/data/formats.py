@@ -48,6 +48,7 @@ PROMPTS: dict[str, str] = {
     ),
     "diagnosis": "List up to 6 diagnoses for this skin lesion, most likely first, in <answer></answer>.",
 }
+IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")  # how an image file is named: <md5hash><suffix>, tried in this order
 SPECIAL_TAGS = ("<caption>", "</caption>", "<answer>", "</answer>", "<think>", "</think>")
 
 
@@ -227,3 +228,12 @@ def read_id_csv(path, required: tuple[str, ...] = ("md5hash",), image_dir=None):
         raise DataError(f"{path} row {bad[0] + 2}: md5hash {df['md5hash'].iloc[bad[0]]!r} is not an MD5 (32 lower-case "
                         f"hex characters; {len(bad)} such rows): files are named and checked by it")
     return df
+
+
+def image_files(md5hashes, folder) -> list[str | None]:
+    """The file name of each id's image in ``folder`` (``<md5hash>.jpg|png|jpeg``, in ``IMAGE_SUFFIXES`` order), or
+    ``None``; one directory listing for all of them."""
+    import os
+
+    names = {entry.name for entry in os.scandir(folder)}
+    return [next((f"{m}{s}" for s in IMAGE_SUFFIXES if f"{m}{s}" in names), None) for m in md5hashes]

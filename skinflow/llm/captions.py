@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinflow.data.formats import CAPTION_FIELDS, PROMPTS, DataError, parse_answer, parse_caption, read_id_csv
+from skinflow.data.formats import CAPTION_FIELDS, PROMPTS, DataError, image_files, parse_answer, parse_caption, read_id_csv
 from skinflow.data.ontology import ALIASES, ONTOLOGY, normalize_text, synonym_group
 from skinflow.llm.client import EndpointError, Usage, chat, image_data_url, make_client
 
@@ -51,7 +51,6 @@ CAPTION_INSTRUCTION = (PROMPTS["caption"] + " Write exactly one line per field a
 VERIFY_SYSTEM = "You are a dermatologist. You see no image: only a written description of a skin lesion."
 VERIFY_INSTRUCTION = ("Description:\n{caption}\n\nName the single most likely diagnosis for this lesion. Answer as "
                       "<answer>\n1. <diagnosis>\n</answer>")
-IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")
 
 
 def prompts_record() -> dict:
@@ -202,8 +201,7 @@ def read_images(csv_path: Path, image_dir: Path, labels: list[str] | None, limit
     df = df.drop_duplicates("md5hash")
     if labels:
         df = df[df["label"].isin(labels)]
-    names = {e.name for e in os.scandir(image_dir)}
-    df = df.assign(file=[next((f"{m}{s}" for s in IMAGE_SUFFIXES if f"{m}{s}" in names), None) for m in df["md5hash"]])
+    df = df.assign(file=image_files(df["md5hash"], image_dir))
     missing = int(df["file"].isna().sum())
     df = df[df["file"].notna()]
     if limit is not None:

@@ -154,11 +154,8 @@ def judge_rows(client, model: str, rows: list[dict], runs: int = 3, cache: Cache
 
     usage = usage or Usage()
     start = time.monotonic()
-    jobs = []
-    for i, row in enumerate(rows):
-        answers = [a.strip() for a in str(row.get("parsed") or "").split(";") if a.strip()]
-        messages = judge_messages(row["label"], answers)
-        jobs += [(i, r, messages) for r in range(runs)]
+    answers = [[a.strip() for a in str(row.get("parsed") or "").split(";") if a.strip()] for row in rows]
+    jobs = [(i, r, judge_messages(row["label"], answers[i])) for i, row in enumerate(rows) for r in range(runs)]
 
     def ask(job) -> tuple[int, int, dict | None]:
         i, r, messages = job
@@ -179,15 +176,14 @@ def judge_rows(client, model: str, rows: list[dict], runs: int = 3, cache: Cache
             replies[i].append(verdict)
     verdicts, unjudged, malformed = [], 0, 0
     for i, row in enumerate(rows):
-        answers = [a.strip() for a in str(row.get("parsed") or "").split(";") if a.strip()]
         malformed += sum(v is None for v in replies[i])
         vote = majority(replies[i])
         unjudged += vote is None
         vote = vote or {f: False for f in FIELDS}
         verdicts.append({"md5hash": row.get("md5hash", ""), "label": row["label"], "parsed": row.get("parsed", ""),
                          **{f"judge_{f}": vote[f] for f in FIELDS},
-                         "ontology_top1": ontology_correct(row["label"], answers, 1),
-                         "ontology_top6": ontology_correct(row["label"], answers, 6),
+                         "ontology_top1": ontology_correct(row["label"], answers[i], 1),
+                         "ontology_top6": ontology_correct(row["label"], answers[i], 6),
                          "valid_runs": sum(v is not None for v in replies[i])})
     n = len(verdicts)
     metrics = {"judge/images": float(n), "judge/unjudged": float(unjudged), "judge/malformed_replies": float(malformed)}
