@@ -197,3 +197,16 @@ def test_a_file_that_cannot_be_written_is_reported_not_retried(tmp_path, files, 
         hits = len(server.hits("ok", md5s[1]))
     assert summary.fetched == 2 and hits == 1
     assert read_report(tmp_path / "out")[md5s[1]]["reason"] == "write_error: No space left on device"
+
+
+def test_an_unread_error_body_is_not_read_as_the_next_response(tmp_path, files):
+    """One worker, one kept-alive connection: after a 404 (or a 500 given up on) whose body was never read, the
+    next image on that connection is fetched with one request, not misread and retried."""
+    md5s = list(files)[:6]
+    cfg = DownloadConfig(**{**FAST.__dict__, "concurrency": 1, "per_host": 1})
+    with FaultServer(files) as server:
+        rows = [(md5s[0], server.url("404", md5s[0]), "x"), (md5s[1], server.url("ok", md5s[1]), "x"),
+                (md5s[2], server.url("500", md5s[2]), "x"), (md5s[3], server.url("ok", md5s[3]), "x")]
+        summary = download(write_csv(tmp_path / "f.csv", rows), tmp_path / "out", cfg, progress=False)
+        hits = [len(server.hits("ok", m)) for m in (md5s[1], md5s[3])]
+    assert summary.fetched == 2 and hits == [1, 1]
