@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from skinflow.errors import UserError
 from skinflow.pipeline import Pipeline, PipelineError, load_pipeline, run_pipeline
 
 ABLATION_KEYS = {"name", "pipeline", "seeds", "args", "rows", "metrics", "tracking_uri", "artifact_location"}
@@ -42,7 +43,7 @@ GRID_METRICS = ("final/test/top1_exact", "final/test/top6_exact", "final/test/gr
                 "final/test/malignant_miss_top1", "final/test/graded_top1_by_fst/worst")
 
 
-class AblationError(ValueError):
+class AblationError(UserError):
     pass
 
 
@@ -125,7 +126,7 @@ def cell_tags(ablation: Ablation, row: Row, seed: int) -> dict[str, str]:
 
 def existing_cells(client, experiment_id: str, ablation: str) -> dict[tuple[str, str], list]:
     """Parent runs of the grid so far, by (row, seed)."""
-    from skinflow.tracking.mlflow import search_all_runs
+    from skinflow.tracking.store import search_all_runs
 
     found: dict[tuple[str, str], list] = {}
     for run in search_all_runs(client, [experiment_id], f"tags.`skinflow.ablation` = '{ablation}'"):
@@ -136,7 +137,7 @@ def existing_cells(client, experiment_id: str, ablation: str) -> dict[tuple[str,
 
 def run_ablation(ablation: Ablation, only_rows: tuple[str, ...] = ()) -> dict:
     """Run the missing cells; returns ``{"ran": [(row, seed, run_id)], "skipped": [...], "seconds": s}``."""
-    from skinflow.tracking.mlflow import open_experiment
+    from skinflow.tracking.store import open_experiment
 
     unknown = set(only_rows) - {r.name for r in ablation.rows}
     if unknown:

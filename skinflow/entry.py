@@ -1,43 +1,110 @@
-"""``python -m skinflow`` / ``skinflow``: data and LLM commands start without importing Lightning (seconds saved per
-call); every other command goes to ``skinflow.cli``."""
+"""The front door: ``python -m skinflow <command>`` (also the ``skinflow`` console script, and ``python -m
+lightning`` for the four Lightning subcommands, see ``skinflow.lightning_main``).
+
+``COMMANDS`` lists every command with its one-line help. The kit's own commands dispatch here, before Lightning
+is imported (their ``--help`` takes a fraction of a second); ``fit``/``validate``/``test``/``predict`` go to
+``LightningCLI`` (``skinflow.launcher``).
+
+A mistake in the user's input (``skinflow.errors.UserError``: a bad key, value, file or row, wherever it is
+raised) prints as ``error: <message>`` with exit status 2; an interrupted run exits 130 (Ctrl-C) or 143
+(SIGTERM). Any other exception is a bug and keeps its traceback. ``--debug`` anywhere on the command line shows
+the traceback of user errors too.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
 
-
-def _download(argv: list[str]) -> None:
-    from skinflow.data.download import download_command
-
-    download_command(argv)
-
-
-def _audit(argv: list[str]) -> None:
-    from skinflow.data.audit import audit_command
-
-    audit_command(argv)
-
-
-def _captions(argv: list[str]) -> None:
-    from skinflow.llm.captions import captions_command
-
-    captions_command(argv)
-
-
-def _judge(argv: list[str]) -> None:
-    from skinflow.llm.judge import judge_command
-
-    judge_command(argv)
+PROG = "python -m skinflow"
+LIGHTNING = ("fit", "validate", "test", "predict")
+# name -> (module:function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fit": ("", "train a stage: fit --config configs/experiment/<stage>.yaml"),
+    "validate": ("", "one evaluation pass over the validation split"),
+    "test": ("", "one evaluation pass over the test split; logs metrics and the prediction table"),
+    "predict": ("", "ranked diagnoses for every test image, one CSV row per image (predictions.csv)"),
+    "pipeline": ("skinflow.pipeline:pipeline_command", "warmup -> Stage I -> Stage II -> test as MLflow child runs under one parent"),
+    "ablate": ("skinflow.ablation:ablate_command", "the paper's ablation grid (rows x seeds), resumable"),
+    "compare": ("skinflow.analysis.compare:compare_command", "mean ± std over seeds from the MLflow store: CSV and bar chart"),
+    "report": ("skinflow.analysis.report:report_command", "a self-contained HTML report of a pipeline run"),
+    "export": ("skinflow.export:export_command", "a stage checkpoint as a PEFT adapter, merged model and DVE weights"),
+    "synth": ("skinflow.data.synthetic:synth_command", "write the synthetic lesions and their CSV"),
+    "download": ("skinflow.data.download:download_command", "fetch Fitzpatrick17k's images from their URLs, verified by MD5"),
+    "audit-data": ("skinflow.data.audit:audit_command", "exact and near-duplicate clusters, blank images: the clean split's input"),
+    "captions": ("skinflow.llm.captions:captions_command", "Stage I reference captions from an OpenAI-compatible model"),
+    "judge": ("skinflow.llm.judge:judge_command", "an LLM judge's verdicts on a run's test predictions"),
+}
 
 
-DATA_COMMANDS = {"download": _download, "audit-data": _audit, "captions": _captions, "judge": _judge}
+def usage() -> str:
+    """The top-level ``--help``: every command with one line.
+
+    >>> print(usage().splitlines()[0])
+    usage: python -m skinflow <command> [options]   (<command> --help for its options)
+    """
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: {PROG} <command> [options]   (<command> --help for its options)", "",
+             "skinflow: SkinFlow (Qwen2.5-VL + Dynamic Vision Encoder, GRPO) on Fitzpatrick17k, tracked in MLflow.", ""]
+    groups = (("train and evaluate (LightningCLI: --config <yaml>, --print_config)", LIGHTNING),
+              ("runs and results", ("pipeline", "ablate", "compare", "report", "export")),
+              ("data", ("synth", "download", "audit-data", "captions", "judge")))
+    for title, names in groups:
+        lines.append(f"{title}:")
+        lines += [f"  {name:<{width}}  {COMMANDS[name][1]}" for name in names]
+        lines.append("")
+    lines.append("options: --debug (tracebacks for input errors too)")
+    return "\n".join(lines)
+
+
+def run_command(words: list[str]) -> None:
+    """Dispatch ``words`` (``sys.argv[1:]``); exceptions propagate (``main`` turns them into exit statuses)."""
+    if not words or words[0] in ("-h", "--help"):
+        print(usage())
+        if not words:
+            sys.exit(2)
+        return
+    name = words[0]
+    if name in LIGHTNING or name.startswith("-"):  # -c/--config before the subcommand is LightningCLI's too
+        from skinflow.launcher import lightning_cli
+
+        saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when sys.argv also carries arguments
+        try:
+            lightning_cli(words)
+        finally:
+            sys.argv = saved
+        return
+    if name not in COMMANDS:
+        close = [c for c in COMMANDS if c.startswith(name[:3])]
+        raise SystemExit(f"error: unknown command {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                         + f"; `{PROG} --help` lists the commands")
+    module, function = COMMANDS[name][0].split(":")
+    getattr(importlib.import_module(module), function)(words[1:])
 
 
 def main(argv: list[str] | None = None) -> None:
-    words = sys.argv[1:] if argv is None else argv
-    if words and words[0] in DATA_COMMANDS:
-        DATA_COMMANDS[words[0]](words[1:])
-        return
-    from skinflow.cli import main as cli_main
+    words = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in words
+    if debug:
+        words.remove("--debug")
+        os.environ["JSONARGPARSE_DEBUG"] = "1"
+    from skinflow.errors import user_error
 
-    cli_main(argv)
+    try:
+        run_command(words)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as err:
+        if type(err).__name__ == "SIGTERMException":  # Lightning raises it as SystemExit(None): 0 would say success
+            from skinflow.resume import SIGTERM_EXIT
+
+            sys.exit(SIGTERM_EXIT)
+        raise
+    except Exception as err:
+        found = user_error(err)
+        if found is None or debug:
+            raise
+        print(f"error: {found}", file=sys.stderr)
+        sys.exit(2)

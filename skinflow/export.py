@@ -24,22 +24,29 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+from skinflow.errors import UserError
 
-from skinflow.models.backbone import BackboneSpec, spec_from_dict
-from skinflow.models.dve import attach_dve
-from skinflow.models.fdlinear import FDLinear
-from skinflow.stages.base import CheckpointMismatch, SkinflowStage, read_stage_checkpoint
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from skinflow.models.backbone import BackboneSpec
+    from skinflow.models.fdlinear import FDLinear
+
+# torch, transformers and Lightning are imported inside the functions: ``export --help`` answers at once
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     pass
 
 
 def static_linear(layer: FDLinear) -> nn.Linear:
     """The FDLinear with every gain at 1: its base weight irfft2(spectrum) and its bias."""
+    import torch
+    from torch import nn
+
     linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     with torch.no_grad():
         linear.weight.copy_(layer.dynamic_weight(torch.ones(layer.num_groups, device=layer.spectrum.device)))
@@ -50,6 +57,8 @@ def static_linear(layer: FDLinear) -> nn.Linear:
 
 def dve_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every FDLinear parameter, named from the bare Qwen2.5-VL model (``model.visual.blocks.7.mlp.up_proj.spectrum``)."""
+    from skinflow.models.fdlinear import FDLinear
+
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     return {f"{name}.{key}": value.detach().contiguous() for name, layer in core.named_modules()
             if isinstance(layer, FDLinear) for key, value in layer.state_dict().items()}
@@ -57,6 +66,8 @@ def dve_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def merged_model(model: nn.Module) -> nn.Module:
     """The bare Qwen2.5-VL model, LoRA merged in and every FDLinear replaced by its static base linear."""
+    from skinflow.models.fdlinear import FDLinear
+
     core = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     for name, layer in list(core.named_modules()):
         if isinstance(layer, FDLinear):
@@ -68,6 +79,9 @@ def merged_model(model: nn.Module) -> nn.Module:
 def export_stage(ckpt: str | Path, out: str | Path, merge: bool = False) -> dict[str, Path]:
     """Write the exported parts of ``ckpt`` into ``out``; returns {part: folder}."""
     from safetensors.torch import save_file
+
+    from skinflow.models.backbone import spec_from_dict
+    from skinflow.stages.base import CheckpointMismatch, SkinflowStage, read_stage_checkpoint
 
     try:
         checkpoint = read_stage_checkpoint(ckpt)
@@ -119,10 +133,11 @@ def export_note(ckpt, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Pat
 
 def load_exported(folder: str | Path) -> nn.Module:
     """The exported ``model/`` with the DVE re-attached from ``dve/`` (when there is one): the stage's model."""
+    import torch
     from safetensors.torch import load_file
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from skinflow.models.dve import DVESpec
+    from skinflow.models.dve import DVESpec, attach_dve
 
     folder = Path(folder)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "model", dtype=torch.float32)

@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from skinflow.data.names import file_stem
+from skinflow.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ STAGE_KEYS = {"name", "config", "args", "skip", "evaluate_start", "test"}
 PIPELINE_KEYS = {"experiment_name", "run_name", "tracking_uri", "artifact_location", "checkpoint_dir", "stages"}
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError):
     pass
 
 
@@ -189,9 +190,9 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     finished (tag ``skinflow.stage_done``) are not re-run, their handoff checkpoints and test metrics are reused;
     the interrupted stage continues its child run from its ``last.ckpt`` (or starts over in it, when it stopped
     before writing one)."""
-    from skinflow.cli import TRAINER_DEFAULTS, lightning_cli
+    from skinflow.launcher import TRAINER_DEFAULTS, lightning_cli
     from skinflow.resume import CONFIG_KEY_TAG, pipeline_config_key
-    from skinflow.tracking.mlflow import git_commit, open_experiment
+    from skinflow.tracking.store import git_commit, open_experiment
 
     extra_args = extra_args or {}
     unknown = (set(skip) | set(extra_args)) - {s.name for s in pipeline.stages}

@@ -34,6 +34,8 @@ from pathlib import Path
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from skinflow.errors import UserError
+
 log = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "skinflow.run_key"
@@ -44,7 +46,7 @@ MLFLOW_LOGGERS = ("skinflow.tracking.mlflow.SkinflowMLFlowLogger", "lightning.py
                   "lightning.pytorch.loggers.mlflow.MLFlowLogger")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError):
     """A resume request that cannot be honoured (the message says what to do instead)."""
 
 
@@ -115,7 +117,7 @@ def resolve_resume(config, key: str, default_root_dir: str, recorded_run: str | 
     """Turn ``--ckpt_path last`` into the file and MLflow run to continue, and make ``--ckpt_path FILE`` continue
     the run it came from (``recorded_run``, read from the file); edits ``config`` in place (see the module's
     docstring)."""
-    from skinflow.tracking.mlflow import existing_client
+    from skinflow.tracking.store import existing_client
 
     ckpt = config.get("ckpt_path")
     logger = mlflow_logger_args(config)

@@ -158,7 +158,7 @@ def test_from_the_csv_to_a_clean_split_with_three_commands(tmp_path, synth_dir, 
     assert audited.returncode == 0, audited.stderr
     assert json.loads(Path("audit/report.json").read_text())["clusters"] == 2
 
-    from skinflow.cli import lightning_cli
+    from skinflow.launcher import lightning_cli
 
     cli = lightning_cli(["--model", str(REPO / "configs/model/warmup_tiny.yaml"), "--data", str(REPO / "configs/data/fitzpatrick17k_full.yaml"),
                          "--data.init_args.csv_path", "fitzpatrick17k.csv", "--data.init_args.image_size", "112",

@@ -106,7 +106,7 @@ def test_pipeline_killed_in_stage1_resumes_there_in_the_same_runs(tmp_path, monk
     from lightning.pytorch.utilities.exceptions import SIGTERMException
     from mlflow import MlflowClient
 
-    from skinflow import cli
+    from skinflow import launcher as cli
 
     monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", [*cli.TRAINER_DEFAULTS["callbacks"], SigtermInStage("stage1", 1)])
     with pytest.raises(SIGTERMException):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
-from skinflow import cli
+from skinflow import cli, launcher
 from skinflow.resume import SIGTERM_EXIT, checkpoint_folder
 from tests.conftest import REPO
 
@@ -67,8 +67,8 @@ def history(client, run_id: str) -> dict[str, list[tuple[int, float]]]:
 
 def run_cli(folder, monkeypatch, args, interrupt_at: int | None = None) -> int:
     monkeypatch.chdir(folder)
-    callbacks = list(cli.TRAINER_DEFAULTS["callbacks"]) + ([SigtermAt(interrupt_at)] if interrupt_at else [])
-    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", callbacks)
+    callbacks = list(launcher.TRAINER_DEFAULTS["callbacks"]) + ([SigtermAt(interrupt_at)] if interrupt_at else [])
+    monkeypatch.setitem(launcher.TRAINER_DEFAULTS, "callbacks", callbacks)
     try:
         cli.main(args)
     except SystemExit as stop:
@@ -205,7 +205,7 @@ class SigintAt(SigtermAt):
 def test_ctrl_c_writes_a_checkpoint_marks_the_run_killed_and_exits_non_zero(tmp_path, monkeypatch):
     args = [*WARMUP, "--trainer.max_epochs=1", f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", [*cli.TRAINER_DEFAULTS["callbacks"], SigintAt(2)])
+    monkeypatch.setitem(launcher.TRAINER_DEFAULTS, "callbacks", [*launcher.TRAINER_DEFAULTS["callbacks"], SigintAt(2)])
     try:
         with pytest.raises(SystemExit) as stop:
             cli.main(args)

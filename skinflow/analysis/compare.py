@@ -20,13 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, StoreError, client_for_existing, search_all_runs
+from skinflow.errors import UserError
+from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError, client_for_existing, search_all_runs
 
 DEFAULT_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/malignant_miss_top1")
 COMPARE_TAG = "compare"  # value of skinflow.stage on the runs this command logs (never compared themselves)
 
 
-class CompareError(ValueError):
+class CompareError(UserError):
     pass
 
 

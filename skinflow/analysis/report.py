@@ -24,7 +24,7 @@ from pathlib import Path
 from skinflow.analysis.compare import CompareError, client_for
 from skinflow.analysis.plotting import pyplot
 from skinflow.data.names import file_stem
-from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, StoreError
+from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError
 
 TABLE_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6",
                  "test/malignant_miss_top1", "test/parse_failure", "test/graded_top1_by_fst/worst",

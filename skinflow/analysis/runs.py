@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from skinflow.analysis.compare import client_for, experiment_id
-from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI
+from skinflow.tracking.store import DEFAULT_TRACKING_URI
 
 
 def cell_runs(experiment: str, row: str, seed: int, tracking_uri: str = DEFAULT_TRACKING_URI) -> dict[str, str]:
@@ -34,7 +34,7 @@ def cell_runs(experiment: str, row: str, seed: int, tracking_uri: str = DEFAULT_
 def stage_from_run(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI):
     """``(stage, datamodule)`` of a pipeline child run: its resolved config, its handed-over weights, no logger.
     Relative data paths in the config resolve against the current directory, as when the run was made."""
-    from skinflow.cli import lightning_cli
+    from skinflow.launcher import lightning_cli
     from skinflow.pipeline import bare_argv
 
     client = client_for(tracking_uri)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from skinflow.analysis.compare import client_for, runs_frame, summarize
-from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI
+from skinflow.tracking.store import DEFAULT_TRACKING_URI
 
 PAPER_COLUMNS = {  # metric key on the grid's parent runs -> column title
     "final/test/top1_exact": "Top-1",

@@ -23,13 +23,14 @@ from pathlib import Path
 import pandas as pd
 
 from skinflow.data.formats import CAPTION_FIELDS, FREE_TEXT
+from skinflow.errors import UserError
 _FIELD_ALIASES = {name.replace(" ", "_"): name for name in CAPTION_FIELDS} | {name: name for name in CAPTION_FIELDS}
 # keys a captions row may carry; one close to these but not among them (``colur``) is a misspelling: an error,
 # since its value would otherwise be dropped. Other extra columns (``label``, ``notes``) are ignored.
 KNOWN_KEYS = frozenset({*_FIELD_ALIASES, "md5hash", "caption", "_row"})
 
 
-class CaptionsError(ValueError):
+class CaptionsError(UserError):
     pass
 
 

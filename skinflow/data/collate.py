@@ -18,14 +18,18 @@ RL stages use. The draw comes from the collator's own seeded generator: the same
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 import torch
 
 from skinflow.data.formats import DataError, PROMPTS, SYSTEM_PROMPT, Target, content_spans, render_target
+from skinflow.errors import ConfigError
 from skinflow.models.processor import VisionLanguageProcessor
 
 IGNORE_INDEX = -100
 MIXED = "mixed"
+# the DataModule's ``prompt`` choices: one of PROMPTS for every example, or ``mixed`` (one drawn per example)
+PromptChoice = Literal["warmup", "caption", "diagnosis", "mixed"]
 
 
 def left_pad(sequences: list[list[int]], pad: int, fill: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,9 +45,9 @@ def left_pad(sequences: list[list[int]], pad: int, fill: int | None = None) -> t
 
 
 class VisionLanguageCollator:
-    def __init__(self, processor: VisionLanguageProcessor, prompt: str = "warmup", with_caption: bool = True, seed: int = 0):
+    def __init__(self, processor: VisionLanguageProcessor, prompt: PromptChoice = "warmup", with_caption: bool = True, seed: int = 0):
         if prompt != MIXED and prompt not in PROMPTS:
-            raise ValueError(f"prompt={prompt!r} is not one of {[*PROMPTS, MIXED]}")
+            raise ConfigError(f"prompt={prompt!r} is not one of {[*PROMPTS, MIXED]}")
         self.processor = processor
         self.prompt = prompt
         self.prompt_texts = {name: processor.chat_prompt(text, SYSTEM_PROMPT) for name, text in PROMPTS.items()}

@@ -27,14 +27,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from skinflow.data.captions import read_captions
-from skinflow.data.collate import MIXED, VisionLanguageCollator
+from skinflow.data.collate import MIXED, PromptChoice, VisionLanguageCollator
 from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, IMAGE_SUFFIXES, PROMPTS, DataError, Target
 from skinflow.data.names import MD5_PATTERN, invalid_ids
 from skinflow.data.order import EpochShuffle, ResumableLoader, reseed
 from skinflow.data.ontology import ONTOLOGY
-from skinflow.data.splits import PRESETS, assign_splits, clusters_on_two_sides, read_clusters
+from skinflow.data.splits import PRESETS, SplitPreset, assign_splits, clusters_on_two_sides, read_clusters
 from skinflow.data.synthetic import RENDER_VERSION, generate
 from skinflow.data.transforms import eval_transform, to_rgb, train_transform
+from skinflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         synthetic_per_class: int = 96,
         synthetic_seed: int = 0,
         cache_dir: str = ".cache/skinflow",
-        split: str = "random",
+        split: SplitPreset = "random",
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
         split_seed: int = 0,
@@ -167,7 +168,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         image_size: int = 112,
         augment: bool = True,
         colour_strength: float = 0.1,
-        prompt: str = "warmup",
+        prompt: PromptChoice = "warmup",
         with_caption: bool = True,
         captions_path: str | None = None,
         require_caption: bool = False,
@@ -180,11 +181,11 @@ class Fitzpatrick17kDataModule(LightningDataModule):
     ):
         super().__init__()
         if split not in PRESETS:
-            raise ValueError(f"split={split!r} is not one of {PRESETS}")
+            raise ConfigError(f"split={split!r} is not one of {PRESETS}")
         if image_size % 28:
-            raise ValueError(f"image_size={image_size} must be a multiple of 28 (patch 14 x spatial merge 2)")
+            raise ConfigError(f"image_size={image_size} must be a multiple of 28 (patch 14 x spatial merge 2)")
         if prompt not in PROMPTS and prompt != MIXED:
-            raise ValueError(f"prompt={prompt!r} is not one of {(*PROMPTS, MIXED)}")
+            raise ConfigError(f"prompt={prompt!r} is not one of {(*PROMPTS, MIXED)}")
         self.save_hyperparameters(logger=False)
         self.processor = None
         self.report: dict = {}

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 
 from skinflow.data.ontology import canonicalize
+from skinflow.errors import UserError
 
 CAPTION_FIELDS: tuple[str, ...] = (
     "colour",
@@ -52,7 +53,7 @@ IMAGE_SUFFIXES = (".jpg", ".png", ".jpeg")  # how an image file is named: <md5ha
 SPECIAL_TAGS = ("<caption>", "</caption>", "<answer>", "</answer>", "<think>", "</think>")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data: the message names the file, row or column."""
 
 

@@ -24,6 +24,7 @@ Every function returns a Series of ``"train" | "val" | "test" | "drop"`` aligned
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,9 @@ SPLITS = ("train", "val", "test")
 FST_HOLDOUTS = {"a12": (1, 2), "a34": (3, 4), "a56": (5, 6)}
 # Marker of each source atlas inside url_alphanum; the synthetic data's two "atlases" follow the same rule.
 SOURCES = {"dermaamin": ("dermaamin", "synthatlasa"), "atlas": ("atlasdermatologico", "synthatlasb")}
-PRESETS = ("random", *FST_HOLDOUTS, "source_dermaamin", "source_atlas", "manifest", "clean")
+# the DataModule's ``split`` choices (``--help`` lists them)
+SplitPreset = Literal["random", "a12", "a34", "a56", "source_dermaamin", "source_atlas", "manifest", "clean"]
+PRESETS = get_args(SplitPreset)
 
 
 class SplitError(DataError):
@@ -178,10 +181,10 @@ def manifest_split(df: pd.DataFrame, path: str | Path, groups: pd.Series | None 
     manifest = pd.read_csv(path, dtype=str)
     for column in ("md5hash", "split"):
         if column not in manifest.columns:
-            raise ValueError(f"split manifest {path} has no {column!r} column (columns: {list(manifest.columns)})")
+            raise SplitError(f"split manifest {path} has no {column!r} column (columns: {list(manifest.columns)})")
     bad = manifest[~manifest["split"].isin(SPLITS)]
     if len(bad):
-        raise ValueError(f"split manifest {path} row {bad.index[0] + 2}: split {bad['split'].iloc[0]!r} is not one of {SPLITS}")
+        raise SplitError(f"split manifest {path} row {bad.index[0] + 2}: split {bad['split'].iloc[0]!r} is not one of {SPLITS}")
     mapping = dict(zip(manifest["md5hash"], manifest["split"]))
     out = df["md5hash"].map(mapping).fillna("drop")
     if groups is not None:
@@ -213,11 +216,11 @@ def assign_splits(df: pd.DataFrame, preset: str, val: float = 0.1, test: float =
         return source_holdout(df, preset[7:], val, seed, groups)
     if preset == "manifest":
         if manifest is None:
-            raise ValueError("split 'manifest' needs split_manifest: path to a CSV with md5hash,split columns")
+            raise SplitError("split 'manifest' needs split_manifest: path to a CSV with md5hash,split columns")
         return manifest_split(df, manifest, groups)
     if preset == "clean":
         return clean_split(df, val, test, seed, groups, keep)
-    raise ValueError(f"unknown split preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    raise SplitError(f"unknown split preset {preset!r}; choose one of {', '.join(PRESETS)}")
 
 
 def clusters_on_two_sides(assigned: pd.Series, groups: pd.Series) -> list:

@@ -207,3 +207,19 @@ def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, unit="img")
+
+
+def synth_command(argv: list[str]) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m skinflow synth", description="Write synthetic skin lesions and their CSV.")
+    parser.add_argument("--out", required=True, help="output folder (images/ and labels.csv)")
+    parser.add_argument("--per-class", type=int, default=48, help="images per class")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=160, help="image side in pixels")
+    ns = parser.parse_args(argv)
+    if ns.per_class < 1:
+        parser.error(f"--per-class {ns.per_class}: at least 1 image per class")
+    if ns.size < 28:
+        parser.error(f"--size {ns.size}: images need at least 28 pixels a side (one merged patch)")
+    print(generate(ns.out, ns.per_class, ns.seed, ns.size))

@@ -12,8 +12,10 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from skinflow.errors import UserError
 
-class EndpointError(RuntimeError):
+
+class EndpointError(UserError, RuntimeError):
     """The endpoint could not be used as configured (no key, unreachable after retries): the message says which."""
 
 

@@ -235,7 +235,7 @@ def judge_command(argv: list[str]) -> None:
     ns = parser.parse_args(argv)
     if ns.runs < 1 or ns.concurrency < 1:
         parser.error("--runs and --concurrency need at least 1")
-    from skinflow.tracking.mlflow import DEFAULT_TRACKING_URI, StoreError, client_for_existing  # MLflow: after --help
+    from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError, client_for_existing  # MLflow: after --help
 
     try:
         store = client_for_existing(ns.tracking_uri or DEFAULT_TRACKING_URI)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from skinflow.errors import ConfigError
 from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, level_hits, malignant_mask, malignant_miss
 
 FITZPATRICK_TYPES = (1, 2, 3, 4, 5, 6)
@@ -51,7 +52,7 @@ class TopK(_MeanOf):
     def __init__(self, k: int = 1, level: str = "exact", **kwargs):
         super().__init__(**kwargs)
         if level not in ("exact", "nine", "three"):
-            raise ValueError(f"level must be exact, nine or three, not {level!r}")
+            raise ConfigError(f"level must be exact, nine or three, not {level!r}")
         self.k, self.level = k, level
 
     def values(self, preds, target):

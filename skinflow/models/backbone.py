@@ -18,12 +18,14 @@ import contextlib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from skinflow.errors import ConfigError
 from skinflow.models.dve import DVESpec, attach_dve, set_dve_trainable
 from skinflow.models.generation import neutral_generation_config
 from skinflow.models.processor import VisionLanguageProcessor
@@ -61,7 +63,10 @@ PRESET_CONFIGS: dict[str, dict] = {
         tie_word_embeddings=True, **_QWEN_IDS,
     ),
 }
-PRESETS = ("tiny", *PRESET_CONFIGS)
+Preset = Literal["tiny", "qwen2.5-vl-7b", "qwen2.5-vl-3b"]  # ``backbone.preset`` choices (``--help`` lists them)
+DType = Literal["float32", "bfloat16", "float16"]
+PRESETS = get_args(Preset)
+assert PRESETS == ("tiny", *PRESET_CONFIGS), "Preset lists every preset config"
 
 
 @dataclass
@@ -104,7 +109,7 @@ class BackboneSpec:
         preset: ``tiny``, ``qwen2.5-vl-3b`` or ``qwen2.5-vl-7b``.
         pretrained_path: local folder or hub id holding weights (and tokenizer/processor files).
         random_init: build a non-tiny preset with random weights (benchmarks, shape checks).
-        dtype: parameter dtype, ``float32`` or ``bfloat16``.
+        dtype: parameter dtype, ``float32``, ``bfloat16`` or ``float16``.
         lora: LoRA adapters on the language layers; ``None`` trains the full model.
         freeze_vision: freeze the vision tower (LoRA runs always freeze the base model).
         gradient_checkpointing: recompute activations in backward.
@@ -113,10 +118,10 @@ class BackboneSpec:
         dve: Dynamic Vision Encoder (FDLinear in the vision MLPs); off by default.
     """
 
-    preset: str = "tiny"
+    preset: Preset = "tiny"
     pretrained_path: str | None = None
     random_init: bool = False
-    dtype: str = "float32"
+    dtype: DType = "float32"
     lora: LoRASpec | None = None
     freeze_vision: bool = False
     gradient_checkpointing: bool = False
@@ -192,7 +197,7 @@ def preset_config(spec: BackboneSpec, tokenizer=None) -> Qwen2_5_VLConfig:
     if spec.preset == "tiny":
         return tiny_config(spec.tiny, tokenizer or load_tokenizer(spec))
     if spec.preset not in PRESET_CONFIGS:
-        raise ValueError(f"unknown backbone preset {spec.preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown backbone preset {spec.preset!r}; choose one of {', '.join(PRESETS)}")
     config = Qwen2_5_VLConfig(**json.loads(json.dumps(PRESET_CONFIGS[spec.preset])))
     return align_token_ids(config, tokenizer) if tokenizer is not None else config
 
@@ -229,7 +234,7 @@ def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device |
                 f"hub id; hub ids need network access or a filled HF cache): {err}"
             ) from err
     elif spec.preset != "tiny" and not (spec.random_init or meta):
-        raise ValueError(
+        raise ConfigError(
             f"backbone preset {spec.preset!r} needs weights: set pretrained_path (local folder or hub id), "
             "or random_init: true for a randomly initialised model"
         )

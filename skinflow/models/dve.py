@@ -11,10 +11,12 @@ so each image's tokens stay one contiguous segment and its token mean is unchang
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
+from skinflow.errors import ConfigError
 from skinflow.models.fdlinear import FDLinear, dve_head_parameters
 
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
@@ -37,7 +39,7 @@ class DVESpec:
     """
 
     enabled: bool = False
-    blocks: str | list[int] = "full_attention"
+    blocks: Literal["full_attention"] | list[int] = "full_attention"
     linears: list[str] = field(default_factory=lambda: list(MLP_LINEARS))
     num_groups: int = 64
     reduction: float = 1 / 16
@@ -56,10 +58,10 @@ def dve_block_indices(spec: DVESpec, vision_config) -> list[int]:
     if spec.blocks == "full_attention":
         return list(vision_config.fullatt_block_indexes)
     if isinstance(spec.blocks, str):
-        raise ValueError(f"dve.blocks must be 'full_attention' or a list of block indices, got {spec.blocks!r}")
+        raise ConfigError(f"dve.blocks must be 'full_attention' or a list of block indices, got {spec.blocks!r}")
     bad = [i for i in spec.blocks if not 0 <= i < vision_config.depth]
     if bad:
-        raise ValueError(f"dve.blocks {bad} outside the vision tower's {vision_config.depth} blocks")
+        raise ConfigError(f"dve.blocks {bad} outside the vision tower's {vision_config.depth} blocks")
     return list(spec.blocks)
 
 
@@ -78,7 +80,7 @@ def attach_dve(model: nn.Module, spec: DVESpec) -> list[str]:
         return []
     bad = sorted(set(spec.linears) - set(MLP_LINEARS))
     if bad:
-        raise ValueError(f"dve.linears {bad} are not vision MLP linears {MLP_LINEARS}")
+        raise ConfigError(f"dve.linears {bad} are not vision MLP linears {MLP_LINEARS}")
     visual = vision_tower(model)
     replaced = []
     for i in dve_block_indices(spec, visual.config):

@@ -24,6 +24,7 @@ same gradient as one pass.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 
@@ -38,7 +39,7 @@ def group_advantages(rewards: torch.Tensor, scale: str = "std", eps: float = STD
     >>> group_advantages(torch.tensor([[1.0, 0.0], [2.0, 2.0]]), "none").tolist()
     [[0.5, -0.5], [0.0, 0.0]]
     """
-    if scale not in ("std", "none"):
+    if scale not in get_args(AdvantageScale):
         raise ValueError(f"advantage scale {scale!r} is not 'std' or 'none'")
     centred = rewards - rewards.mean(dim=1, keepdim=True)  # (B, G)
     if scale == "none":
@@ -106,9 +107,9 @@ def dapo_weights(mask: torch.Tensor, max_tokens: int) -> torch.Tensor:
     return m / m.sum().clamp(min=1)
 
 
-LOSS_WEIGHTS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
-    "grpo": grpo_weights, "dr_grpo": dr_grpo_weights, "dapo": dapo_weights,
-}
+LossName = Literal["grpo", "dr_grpo", "dapo"]  # the stage's ``loss`` choices (``--help`` lists them)
+AdvantageScale = Literal["std", "none"]
+LOSS_WEIGHTS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = dict(zip(get_args(LossName), (grpo_weights, dr_grpo_weights, dapo_weights)))
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, advantages: torch.Tensor,

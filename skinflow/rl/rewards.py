@@ -29,6 +29,7 @@ import torch
 from skinflow.data.formats import CAPTION_FIELDS, FREE_TEXT, MAX_RANKS, Target, parse_answer, parse_caption
 from skinflow.data.ontology import ONTOLOGY, normalize_text
 from skinflow.data.synthetic import LESION_CLASSES, SIZE_RADIUS
+from skinflow.errors import ConfigError
 from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, malignant_miss, ranked_indices
 
 RewardFn = Callable[..., torch.Tensor]
@@ -180,7 +181,7 @@ def combined_reward(completions: list[str], targets: list[Target], specs: list[R
     """
     unknown = [spec.name for spec in specs if spec.name not in REWARDS]
     if unknown:
-        raise ValueError(f"unknown rewards {unknown}; registered: {sorted(REWARDS)}")
+        raise ConfigError(f"unknown rewards {unknown}; registered: {sorted(REWARDS)}")
     out = {spec.name: REWARDS[spec.name](completions, targets, **spec.options) for spec in specs}
     out["total"] = sum(spec.weight * out[spec.name] for spec in specs)
     return out

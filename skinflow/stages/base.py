@@ -24,6 +24,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from skinflow.data.formats import ParsedAnswer, Target, parse_answer
 from skinflow.data.ontology import ONTOLOGY
+from skinflow.errors import UserError
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
 from skinflow.metrics.grading import GradingSpec, ranked_indices
 from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize, backbone_identity, build_backbone, count_parameters
@@ -100,7 +101,7 @@ def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
 
 
-class CheckpointMismatch(RuntimeError):
+class CheckpointMismatch(UserError, RuntimeError):
     pass
 
 

@@ -27,6 +27,7 @@ and use the clinical metric collection of ``SkinflowStage``.
 from __future__ import annotations
 
 import time
+from typing import Literal, get_args
 import warnings
 from contextlib import contextmanager
 from functools import partial
@@ -36,11 +37,14 @@ import torch
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
 from skinflow.models.reference import disable_dropout, snapshot_trainable, swapped_parameters
-from skinflow.rl.grpo import LOSS_WEIGHTS, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
+from skinflow.errors import ConfigError
+from skinflow.rl.grpo import LOSS_WEIGHTS, AdvantageScale, LossName, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
 from skinflow.rl.credit import completion_token_fields, field_token_advantages, tied_field_groups
 from skinflow.rl.rewards import FIELD_TERMS, RewardSpec, combined_reward
 from skinflow.rl.rollout import Rollout, completion_mask, shared_image_features
 from skinflow.stages.base import SkinflowStage, adamw_with_schedule
+
+Credit = Literal["sequence", "field"]  # one advantage per completion, or one per caption field
 
 # Lightning warns that a step-interval checkpoint under manual optimisation holds the weights after the step; for
 # resuming that is what is wanted (the next step starts from them), so the warning, repeated per save, is noise
@@ -93,15 +97,15 @@ class GRPOStage(SkinflowStage):
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_new_tokens: int = 96,
-        loss: str = "grpo",
-        advantage_scale: str = "std",
+        loss: LossName = "grpo",
+        advantage_scale: AdvantageScale = "std",
         eps_low: float = 0.2,
         eps_high: float = 0.2,
         beta: float = 0.04,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
         drop_tied_groups: bool = True,
-        credit: str = "sequence",
+        credit: Credit = "sequence",
         lr: float = 1e-6,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -111,27 +115,27 @@ class GRPOStage(SkinflowStage):
         grading: GradingSpec | None = None,
     ):
         if loss not in LOSS_WEIGHTS:
-            raise ValueError(f"loss={loss!r} is not one of {sorted(LOSS_WEIGHTS)}")
-        if advantage_scale not in ("std", "none"):
-            raise ValueError(f"advantage_scale={advantage_scale!r} is not 'std' or 'none'")
+            raise ConfigError(f"loss={loss!r} is not one of {sorted(LOSS_WEIGHTS)}")
+        if advantage_scale not in get_args(AdvantageScale):
+            raise ConfigError(f"advantage_scale={advantage_scale!r} is not 'std' or 'none'")
         if num_iterations < 1:
-            raise ValueError(f"num_iterations={num_iterations}: mu, the optimisation passes per rollout, must be at least 1")
+            raise ConfigError(f"num_iterations={num_iterations}: mu, the optimisation passes per rollout, must be at least 1")
         if micro_batch_size is not None and micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size={micro_batch_size} must be at least 1 (or null: the whole rollout)")
+            raise ConfigError(f"micro_batch_size={micro_batch_size} must be at least 1 (or null: the whole rollout)")
         if group_size < 2:
-            raise ValueError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
+            raise ConfigError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
         super().__init__(backbone, max_new_tokens, init_from, grading)
         self.rewards = list(rewards or [RewardSpec("ranked_diagnosis")])
-        if credit not in ("sequence", "field"):
-            raise ValueError(f"credit={credit!r} is not 'sequence' or 'field'")
+        if credit not in get_args(Credit):
+            raise ConfigError(f"credit={credit!r} is not 'sequence' or 'field'")
         self.split_reward = None  # the reward whose field terms get field-level credit
         if credit == "field":
             splittable = [r for r in self.rewards if r.name in FIELD_TERMS]
             if len(splittable) != 1:
-                raise ValueError(f"credit='field' needs exactly one reward with field terms ({sorted(FIELD_TERMS)}); "
+                raise ConfigError(f"credit='field' needs exactly one reward with field terms ({sorted(FIELD_TERMS)}); "
                                  f"rewards are {[r.name for r in self.rewards]}")
             if advantage_scale != "none":
-                raise ValueError("credit='field' needs advantage_scale='none': a group's total can tie while its "
+                raise ConfigError("credit='field' needs advantage_scale='none': a group's total can tie while its "
                                  "fields differ, so there is no std to divide by")
             self.split_reward = splittable[0]
         self.stage_name = stage

@@ -1,18 +1,11 @@
-"""MLflow defaults: a sqlite tracking store under ``./mlruns/``, artifacts under ``./mlruns/artifacts``.
-
-MLflow 3.17's plain file store is in maintenance mode, so the kit uses sqlite
-(``mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db`` serves it). Lightning's stock config-saving
+"""MLflow for Lightning (the store itself: ``skinflow.tracking.store``). Lightning's stock config-saving
 callback needs a log directory that an sqlite logger does not have; :class:`MLflowConfigCallback` logs the
 resolved config as an artifact instead and tags the run with the stage name and the git commit.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import subprocess
-from contextlib import contextmanager
-from pathlib import Path
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
@@ -20,141 +13,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_ARTIFACTS = "mlruns/artifacts"
-
-
-def git_commit(cwd: str | Path | None = None) -> str:
-    """HEAD's sha, with ``+dirty`` when the tree has uncommitted changes; ``unknown`` outside git."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def resolve_tracking_uri(tracking_uri: str) -> str:
-    """Make a relative ``sqlite:///mlruns/mlflow.db`` absolute (against the current directory).
-
-    MLflow caches one store per URI string; a relative URI would keep pointing at the first directory it was
-    opened from when a process changes directory (tests, notebooks), and runs would land in the wrong store.
-    """
-    if tracking_uri.startswith("sqlite:///") and not tracking_uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(tracking_uri[len("sqlite:///"):]).resolve())
-    return tracking_uri
-
-
-def sqlite_dir(tracking_uri: str) -> Path | None:
-    """The folder an ``sqlite:///`` store lives in (created before MLflow opens it)."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):]).parent
-    return None
-
-
-def store_locations(tracking_uri: str, artifact_location: str) -> tuple[str, str]:
-    """Absolute tracking URI and artifact URI; creates the sqlite store's folder."""
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    folder = sqlite_dir(tracking_uri)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    if "://" not in artifact_location:
-        artifact_location = Path(artifact_location).resolve().as_uri()
-    return tracking_uri, artifact_location
-
-
-class StoreError(ValueError):
-    """A tracking URI that names no store, or a damaged one (read-only commands never create one)."""
-
-
-def sqlite_file(tracking_uri: str) -> Path | None:
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    return Path(tracking_uri[len("sqlite:///"):]) if tracking_uri.startswith("sqlite:///") else None
-
-
-def refuse_empty_store(path: Path) -> None:
-    """A zero-byte sqlite file is not a store: MLflow would silently initialise it as a new one."""
-    if path.is_file() and path.stat().st_size == 0:
-        raise StoreError(f"{path} is an empty file, not an MLflow store; remove it or point --tracking-uri at the store")
-
-
-def existing_client(tracking_uri: str):
-    """An ``MlflowClient`` for a store that exists, ``None`` for an sqlite file that does not (nothing is created).
-
-    A zero-byte sqlite file is not a store (MLflow would silently initialise it): :class:`StoreError`."""
-    from mlflow import MlflowClient
-
-    path = sqlite_file(tracking_uri)
-    if path is None:
-        return MlflowClient(resolve_tracking_uri(tracking_uri))
-    if not path.is_file():
-        return None
-    refuse_empty_store(path)
-    with store_lock(tracking_uri):  # opening a store may upgrade its schema: never beside a run creating it
-        client = MlflowClient(resolve_tracking_uri(tracking_uri))
-        client.search_experiments(max_results=1)
-    return client
-
-
-def client_for_existing(tracking_uri: str):
-    """A client for read-only commands: one clear error when the URI names no store."""
-    client = existing_client(tracking_uri)
-    if client is None:
-        raise StoreError(f"no MLflow store at {resolve_tracking_uri(tracking_uri)} (the file does not exist); "
-                         "check --tracking-uri, or run from the folder that holds mlruns/")
-    return client
-
-
-@contextmanager
-def store_lock(tracking_uri: str):
-    """An exclusive lock beside an sqlite store while it is created or an experiment is added: two first runs on
-    a fresh store otherwise race on MLflow's schema creation (``table ... already exists``)."""
-    path = sqlite_file(tracking_uri)
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location: str) -> str:
-    """The id of ``experiment_name``, creating the store and the experiment under :func:`store_lock`."""
-    from mlflow import MlflowClient
-
-    path = sqlite_file(tracking_uri)
-    if path is not None:
-        refuse_empty_store(path)
-    with store_lock(tracking_uri):
-        client = MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name(experiment_name)  # creates or upgrades the schema, locked
-        if experiment is not None:
-            return experiment.experiment_id
-        return client.create_experiment(experiment_name, artifact_location)
-
-
-def open_experiment(experiment_name: str, tracking_uri: str = DEFAULT_TRACKING_URI, artifact_location: str = DEFAULT_ARTIFACTS):
-    """``(client, experiment_id, tracking_uri)`` for the kit's store, creating the experiment if needed."""
-    from mlflow import MlflowClient
-
-    tracking_uri, artifact_location = store_locations(tracking_uri, artifact_location)
-    experiment_id = ensure_experiment(tracking_uri, experiment_name, artifact_location)
-    return MlflowClient(tracking_uri), experiment_id, tracking_uri
-
-
-def search_all_runs(client, experiment_ids: list[str], filter_string: str = ""):
-    """Every run matching ``filter_string``, following MLflow's pages (search_runs returns at most 1,000 a call)."""
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
+from skinflow.tracking.store import (  # noqa: F401  (the store helpers, re-exported)
+    DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, StoreError, client_for_existing, ensure_experiment, existing_client,
+    git_commit, open_experiment, resolve_tracking_uri, store_locations,
+)
 
 
 class SkinflowMLFlowLogger(MLFlowLogger):

@@ -1,0 +1,88 @@
+"""The Lightning side of the front door: ``SkinflowCLI`` (LightningCLI in subclass mode: any stage as ``model``,
+any DataModule as ``data``; MLflow is the default logger) and ``lightning_cli``, which ``fit``/``validate``/
+``test``/``predict``, the pipeline and ``analysis.runs`` all build their trainer with.
+
+Parser errors print one line naming the full key (``skinflow.errors.condense_parser_error``) instead of the usage
+text; ``--debug`` (or ``JSONARGPARSE_DEBUG=1``) restores jsonargparse's own output and tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+
+from skinflow.errors import condense_parser_error  # noqa: E402
+from skinflow.resume import Preemption, DistributedFailure, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
+from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
+from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
+
+PROG = "python -m skinflow"
+TRAINER_DEFAULTS = {
+    "logger": {"class_path": "skinflow.tracking.mlflow.SkinflowMLFlowLogger"},
+    "default_root_dir": "mlruns",
+    "callbacks": [Preemption(), DistributedFailure()],  # LightningCLI appends default callbacks to the configured ones
+}
+
+
+class SkinflowArgumentParser(LightningArgumentParser):
+    """A bad key or value: ``error: --model.init_args.loss: 'grpoo' is not one of grpo, dr_grpo, dapo`` and a hint
+    where the options are listed, exit status 2 (jsonargparse prints the whole usage first, then nested union
+    errors)."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        from jsonargparse._common import debug_mode_active
+
+        if not self.exit_on_error or debug_mode_active():
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"error: {condense_parser_error(message)}\n(`{prog} --help` lists the options)\n")
+        sys.exit(2)
+
+
+class SkinflowCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=False,
+                            help="after fit, run the test split on the best checkpoint (fit only)")
+
+    def _parse_ckpt_path(self) -> None:
+        """A missing or damaged ``--ckpt_path`` file: one error naming it (Lightning reads it first, for its
+        hyperparameters, and would fail inside torch)."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self.recorded_run = None  # the MLflow run a checkpoint file was written by (resolve_resume continues it)
+        if ckpt not in (None, "last", "best", "hpc"):
+            self.recorded_run = (read_stage_checkpoint(ckpt).get("skinflow_run") or {}).get("run_id")
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        """Name the MLflow run (``<stage>-<config>-seed<N>``) and resolve ``--ckpt_path`` to the run it continues
+        (``skinflow.resume``)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        logger = mlflow_logger_args(config)
+        if logger is None:
+            return
+        if not logger.get("run_name"):
+            logger.run_name = default_run_name(config)
+        if self.subcommand == "fit":
+            resolve_resume(config, run_key(self._parser(self.subcommand), config),
+                           config.trainer.default_root_dir or "mlruns", getattr(self, "recorded_run", None))
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> SkinflowCLI:
+    return SkinflowCLI(
+        LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        save_config_callback=MLflowConfigCallback, save_config_kwargs={"save_to_log_dir": False},
+        trainer_defaults=TRAINER_DEFAULTS, args=args, run=run, auto_configure_optimizers=False,
+        parser_class=SkinflowArgumentParser, parser_kwargs={"prog": PROG},
+    )
