@@ -126,10 +126,10 @@ def cell_tags(ablation: Ablation, row: Row, seed: int) -> dict[str, str]:
 
 def existing_cells(client, experiment_id: str, ablation: str) -> dict[tuple[str, str], list]:
     """Parent runs of the grid so far, by (row, seed)."""
-    from skinflow.tracking.store import search_all_runs
+    from skinflow.tracking.store import search_runs
 
     found: dict[tuple[str, str], list] = {}
-    for run in search_all_runs(client, [experiment_id], f"tags.`skinflow.ablation` = '{ablation}'"):
+    for run in search_runs(client, [experiment_id], f"tags.`skinflow.ablation` = '{ablation}'", output_format="list"):
         key = (run.data.tags.get("skinflow.row", ""), run.data.tags.get("skinflow.seed", ""))
         found.setdefault(key, []).append(run)
     return found

@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in words
     if debug:
         words.remove("--debug")
-        os.environ["JSONARGPARSE_DEBUG"] = "1"
+        os.environ["JSONARGPARSE_DEBUG"] = "true"
     from skinflow.errors import user_error
 
     try:
@@ -108,3 +108,11 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"error: {found}", file=sys.stderr)
         sys.exit(2)
+
+
+def lightning_main(argv: list[str] | None = None) -> None:
+    """``python -m lightning <subcommand> ...``: the same CLI, limited to Lightning's own four subcommands."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0] in COMMANDS and words[0] not in LIGHTNING:
+        raise SystemExit(f"error: {words[0]!r} is a skinflow command: {PROG} {words[0]} ...")
+    main(words)

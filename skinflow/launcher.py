@@ -3,7 +3,7 @@ any DataModule as ``data``; MLflow is the default logger) and ``lightning_cli``,
 ``test``/``predict``, the pipeline and ``analysis.runs`` all build their trainer with.
 
 Parser errors print one line naming the full key (``skinflow.errors.condense_parser_error``) instead of the usage
-text; ``--debug`` (or ``JSONARGPARSE_DEBUG=1``) restores jsonargparse's own output and tracebacks.
+text; ``--debug`` (or ``JSONARGPARSE_DEBUG=true``) restores jsonargparse's own output and tracebacks.
 """
 
 from __future__ import annotations

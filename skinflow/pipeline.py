@@ -256,6 +256,8 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             with bare_argv():
                 cli = lightning_cli(args, run=False)
             model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
+            if hasattr(trainer.logger, "hold_finished"):
+                trainer.logger.hold_finished = True  # FINISHED below, once the stage is done
             if stage.evaluate_start and resume_from is None:
                 model.metric_prefix = "start/"
                 trainer.validate(model, datamodule=datamodule)
@@ -270,6 +272,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
                 trainer.test(model, datamodule=datamodule)
             collect_stage(client, child_id, stage.name, result)
             client.set_tag(child_id, "skinflow.stage_done", "true")
+            client.set_terminated(child_id, "FINISHED")
             previous = checkpoint
     except BaseException as error:
         if child_id is not None:

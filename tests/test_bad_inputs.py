@@ -185,7 +185,7 @@ def test_a_damaged_resume_checkpoint_fails_naming_the_file(tmp_path, monkeypatch
     bad.write_bytes(b"not a checkpoint")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mlruns").mkdir()
-    from skinflow.tracking.mlflow import ensure_experiment
+    from skinflow.tracking.store import ensure_experiment
 
     ensure_experiment(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "skinflow", str(tmp_path / "mlruns" / "artifacts"))
     from skinflow.stages.base import CheckpointMismatch
@@ -238,7 +238,7 @@ def test_concurrent_first_runs_on_a_fresh_store_both_succeed(tmp_path):
 
 def test_compare_keeps_different_configs_apart_unless_asked(tmp_path):
     from skinflow.analysis.compare import CompareError, compare
-    from skinflow.tracking.mlflow import open_experiment
+    from skinflow.tracking.store import open_experiment
 
     client, exp, uri = open_experiment("cmp", f"sqlite:///{tmp_path}/mlflow.db", str(tmp_path / "artifacts"))
     for name, key, value in [("a", "k1", 0.5), ("a", "k1", 0.7), ("a", "k2", 0.1)]:
@@ -246,8 +246,8 @@ def test_compare_keeps_different_configs_apart_unless_asked(tmp_path):
         client.log_metric(run.info.run_id, "test/top1_exact", value)
         client.set_terminated(run.info.run_id, "FINISHED")
     with pytest.raises(CompareError, match=r"pools runs of 2 different configs"):
-        compare("cmp", ["test/top1_exact"], [], uri, out=tmp_path / "o")
-    by_config = compare("cmp", ["test/top1_exact"], ["config_key"], uri, out=tmp_path / "o")["summary"].table
+        compare("cmp", ["test/top1_exact"], [], uri, out=tmp_path / "o", level="all")
+    by_config = compare("cmp", ["test/top1_exact"], ["config_key"], uri, out=tmp_path / "o", level="all")["summary"].table
     assert sorted(by_config["test/top1_exact_mean"].round(4)) == [0.1, 0.6]
-    pooled = compare("cmp", ["test/top1_exact"], [], uri, out=tmp_path / "o", pool_configs=True)["summary"].table
+    pooled = compare("cmp", ["test/top1_exact"], [], uri, out=tmp_path / "o", level="all", pool_configs=True)["summary"].table
     assert pooled["n_test/top1_exact"].tolist() == [3]

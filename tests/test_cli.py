@@ -141,7 +141,7 @@ def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
 
 
 def test_relative_sqlite_store_is_made_absolute(tmp_path, monkeypatch):
-    from skinflow.tracking.mlflow import resolve_tracking_uri
+    from skinflow.tracking.store import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     assert resolve_tracking_uri("sqlite:///mlruns/mlflow.db") == f"sqlite:///{tmp_path}/mlruns/mlflow.db"

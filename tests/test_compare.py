@@ -43,7 +43,7 @@ def expected(row, index):
 
 def test_compare_groups_by_tag_and_matches_the_store(store, tmp_path):
     uri, client = store
-    result = compare("grid", ["test/top1_exact", "test/graded_top1"], ["row"], uri, out=tmp_path / "out", log_to_mlflow=True)
+    result = compare("grid", ["test/top1_exact", "test/graded_top1"], ["row"], uri, out=tmp_path / "out", log_to_mlflow=True, level="all")
     table = result["summary"].table.set_index("row")
     for row in ("base", "dve"):
         for index, metric in ((2, "test/top1_exact"), (3, "test/graded_top1")):
@@ -60,13 +60,13 @@ def test_compare_groups_by_tag_and_matches_the_store(store, tmp_path):
     assert logged.data.tags["skinflow.stage"] == "compare"
     assert {a.path for a in client.list_artifacts(result["run_id"])} >= {"comparison.csv", "comparison.png", "comparison.txt"}
     # the compare run itself is never compared: a second call sees the same six runs
-    again = compare("grid", ["test/top1_exact"], ["row"], uri, out=tmp_path / "out2")
+    again = compare("grid", ["test/top1_exact"], ["row"], uri, out=tmp_path / "out2", level="all")
     assert again["summary"].table["n_test/top1_exact"].sum() == 6
 
 
 def test_group_by_two_keys_a_param_and_status_any(store, tmp_path):
     uri, _ = store
-    result = compare("grid", ["test/top1_exact"], ["dve", "seed"], uri, out=tmp_path / "o", status=None)
+    result = compare("grid", ["test/top1_exact"], ["dve", "seed"], uri, out=tmp_path / "o", status=None, level="all")
     table = result["summary"].table
     assert len(table) == 7  # 6 (dve, seed) cells + the FAILED run's (False, -) cell
     cell = table[(table["dve"] == "True") & (table["seed"] == "1")]
@@ -76,13 +76,13 @@ def test_group_by_two_keys_a_param_and_status_any(store, tmp_path):
 def test_command_prints_mean_std_and_names_bad_input(store, tmp_path, capsys):
     uri, _ = store
     main(["compare", "--experiment", "grid", "--tracking-uri", uri, "--group-by", "row", "--metric", "test/top1_exact",
-          "--out", str(tmp_path / "cmd")])
+          "--out", str(tmp_path / "cmd"), "--level", "all"])
     out = capsys.readouterr().out
     mean, std, n = expected("dve", 2)
     assert f"{mean:.4f} ± {std:.4f} ({n})" in out
     assert (tmp_path / "cmd/comparison.csv").exists() and (tmp_path / "cmd/comparison.png").exists()
     with pytest.raises(SystemExit) as exit_info:
-        main(["compare", "--experiment", "grid", "--tracking-uri", uri, "--group-by", "colour", "--out", str(tmp_path / "x")])
+        main(["compare", "--experiment", "grid", "--tracking-uri", uri, "--group-by", "colour", "--out", str(tmp_path / "x"), "--level", "all"])
     assert exit_info.value.code == 2 and "'colour'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["compare", "--experiment", "nope", "--tracking-uri", uri])

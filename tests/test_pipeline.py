@@ -31,9 +31,23 @@ def run_demo(tmp_path, monkeypatch, *extra):
     return pipeline_command(args[1:])
 
 
+class StatusAtTrainStart(Callback):
+    """The child run's status when fit starts: after the start-of-stage evaluation of Stage I and II."""
+
+    seen: dict[str, str] = {}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        logger = trainer.logger
+        StatusAtTrainStart.seen[pl_module.stage_name] = logger.experiment.get_run(logger.run_id).info.status
+
+
 def test_pipeline_makes_parent_and_child_runs_and_hands_over_small_checkpoints(tmp_path, monkeypatch, capsys):
     from mlflow import MlflowClient
 
+    from skinflow import launcher
+    from skinflow.analysis.compare import compare
+
+    monkeypatch.setitem(launcher.TRAINER_DEFAULTS, "callbacks", [*launcher.TRAINER_DEFAULTS["callbacks"], StatusAtTrainStart()])
     result = run_demo(tmp_path, monkeypatch)
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     parent = client.get_run(result["parent_run_id"])
@@ -61,6 +75,17 @@ def test_pipeline_makes_parent_and_child_runs_and_hands_over_small_checkpoints(t
     assert "optimizer_states" not in checkpoint and checkpoint["backbone_identity"]["preset"] == "tiny"
     out = capsys.readouterr().out
     assert "graded_top1" in out and "stage2 (start)" in out
+    # a child run is FINISHED only when its stage is done, not after its start-of-stage validation
+    assert StatusAtTrainStart.seen == {"warmup": "RUNNING", "stage1": "RUNNING", "stage2": "RUNNING"}
+    assert all(client.get_run(r).info.status == "FINISHED" for r in result["children"].values())
+    # compare: pipeline parents by default, stage children with level="stage"
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    parents = compare(experiment, None, [], uri, out=tmp_path / "c1")["summary"]
+    assert parents.table["run_name"].tolist() == [parent.info.run_name] and parents.metrics[0].startswith("final/")
+    assert not parents.left_out
+    stages = compare(experiment, ["test/graded_top1"], [], uri, out=tmp_path / "c2", level="stage")["summary"]
+    assert sorted(stages.table["run_name"]) == ["stage1", "stage2", "warmup"] and not stages.left_out
 
 
 def test_skipping_stage1_hands_warmup_to_stage2(tmp_path, monkeypatch):

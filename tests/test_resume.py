@@ -48,7 +48,7 @@ class SigtermAt(Callback):
 def client_in(folder):
     """A client that opens the store under the kit's lock: a plain one opened while a run creates the store
     races its schema creation (what the lock prevents)."""
-    from skinflow.tracking.mlflow import existing_client
+    from skinflow.tracking.store import existing_client
 
     return existing_client(f"sqlite:///{folder}/mlruns/mlflow.db")
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import pandas as pd
 
 from skinflow.errors import UserError
-from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError, client_for_existing, search_all_runs
+from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError, client_for_existing, search_runs
 
 DEFAULT_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/malignant_miss_top1")
 COMPARE_TAG = "compare"  # value of skinflow.stage on the runs this command logs (never compared themselves)
@@ -44,23 +45,33 @@ def experiment_id(client, name: str) -> str:
     return experiment.experiment_id
 
 
-def runs_frame(client, experiment: str, filter_string: str = "", status: str | None = "FINISHED") -> pd.DataFrame:
-    """One row per run: ``run_id``, ``run_name``, ``status``, then ``tags.<k>``, ``params.<k>``, ``metrics.<k>``
-    (the latest value of each metric). Runs this command logged are left out."""
+Level = Literal["pipeline", "stage", "all"]
+LEVELS = {  # which runs a comparison takes
+    "pipeline": "pipeline and ablation parent runs (one per pipeline run; their final/... metrics)",
+    "stage": "stage child runs (one per stage of each pipeline run)",
+    "all": "every run, single fit runs included",
+}
+
+
+def runs_frame(client, experiment: str, filter_string: str = "", status: str | None = "FINISHED",
+               level: Level = "all") -> pd.DataFrame:
+    """One row per run (``mlflow.search_runs``' pandas output): ``run_id``, ``run_name``, ``status``,
+    ``start_time``, then ``tags.<k>``, ``params.<k>``, ``metrics.<k>`` (the latest value of each metric), for the
+    runs of ``level`` (``LEVELS``). Runs this command logged are left out."""
     exp_id = experiment_id(client, experiment)
-    rows = []
-    for run in search_all_runs(client, [exp_id], filter_string):
-        if run.data.tags.get("skinflow.stage") == COMPARE_TAG:
-            continue
-        if status and run.info.status != status:
-            continue
-        row = {"run_id": run.info.run_id, "run_name": run.info.run_name, "status": run.info.status,
-               "start_time": run.info.start_time}
-        row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
-        row.update({f"params.{k}": v for k, v in run.data.params.items()})
-        row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
-        rows.append(row)
-    return pd.DataFrame(rows)
+    frame = search_runs(client, [exp_id], filter_string)
+    if frame.empty:
+        return frame
+    frame = frame.assign(run_name=frame.get("tags.mlflow.runName"))
+    tag = lambda key: frame[key] if key in frame.columns else pd.Series(None, index=frame.index, dtype=object)  # noqa: E731
+    keep = tag("tags.skinflow.stage") != COMPARE_TAG
+    if status:
+        keep &= frame["status"] == status
+    if level == "pipeline":
+        keep &= tag("tags.skinflow.stage") == "pipeline"
+    elif level == "stage":
+        keep &= tag("tags.mlflow.parentRunId").notna()
+    return frame[keep].dropna(axis=1, how="all").reset_index(drop=True)
 
 
 def group_column(frame: pd.DataFrame, key: str) -> str:
@@ -187,12 +198,18 @@ def default_metrics(frame: pd.DataFrame) -> list[str]:
 
 def compare(experiment: str, metrics: list[str] | None = None, group_by: list[str] | None = None,
             tracking_uri: str = DEFAULT_TRACKING_URI, filter_string: str = "", status: str | None = "FINISHED",
-            out: str | Path | None = None, log_to_mlflow: bool = False, pool_configs: bool = False) -> dict:
+            out: str | Path | None = None, log_to_mlflow: bool = False, pool_configs: bool = False,
+            level: Level = "pipeline") -> dict:
     """The command's work, callable from notebooks: returns ``{"summary", "text", "csv", "png", "run_id"}``.
 
-    A group may pool seeds, never configs, unless ``pool_configs``."""
+    ``level`` picks pipeline parents (default), stage children or all runs (``LEVELS``). A group may pool seeds,
+    never configs, unless ``pool_configs``."""
     client = client_for(tracking_uri)
-    frame = runs_frame(client, experiment, filter_string, status)
+    frame = runs_frame(client, experiment, filter_string, status, level)
+    if frame.empty and level != "all" and not runs_frame(client, experiment, filter_string, status, "all").empty:
+        other = "stage" if level == "pipeline" else "pipeline"
+        raise CompareError(f"experiment {experiment!r} has no {LEVELS[level].split(' (')[0]}; --level {other} or "
+                           "--level all compares the others")
     metrics = list(metrics or default_metrics(frame))
     summary = summarize(frame, metrics, list(group_by or []), pool_configs)
     text = format_summary(summary)
@@ -222,6 +239,8 @@ def compare_command(argv: list[str]) -> dict:
     parser.add_argument("--group-by", default="", help="comma-separated tags or params, e.g. row or stage1,dve")
     parser.add_argument("--filter", default="", help="MLflow filter string, e.g. \"tags.skinflow.stage = 'pipeline'\"")
     parser.add_argument("--status", default="FINISHED", help="run status to keep (FINISHED); 'any' keeps all")
+    parser.add_argument("--level", choices=list(LEVELS), default="pipeline",
+                        help="; ".join(f"{k}: {v}" for k, v in LEVELS.items()) + " (default: pipeline)")
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
     parser.add_argument("--out", default=None, help="folder for comparison.csv and comparison.png "
                         "(default mlruns/compare/<experiment>)")
@@ -232,7 +251,7 @@ def compare_command(argv: list[str]) -> dict:
     try:
         result = compare(ns.experiment, ns.metric, [k.strip() for k in ns.group_by.split(",") if k.strip()],
                          ns.tracking_uri, ns.filter, None if ns.status.lower() == "any" else ns.status, ns.out,
-                         ns.log_to_mlflow, ns.pool_configs)
+                         ns.log_to_mlflow, ns.pool_configs, ns.level)
     except (CompareError, StoreError) as error:
         parser.exit(2, f"compare: {error}\n")
     print(result["text"])

@@ -13,10 +13,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from skinflow.tracking.store import (  # noqa: F401  (the store helpers, re-exported)
-    DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, StoreError, client_for_existing, ensure_experiment, existing_client,
-    git_commit, open_experiment, resolve_tracking_uri, store_locations,
-)
+from skinflow.tracking.store import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, ensure_experiment, git_commit, store_locations
 
 
 class SkinflowMLFlowLogger(MLFlowLogger):
@@ -42,6 +39,9 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         )
         self.final_status: str | None = None
         self._resumed = run_id is not None
+        # the pipeline sets it: a stage's child run is FINISHED when the pipeline says the stage is done, not when
+        # its start-of-stage validate() or its fit() ends (failures and signals still end the run at once)
+        self.hold_finished = False
 
     @property
     @rank_zero_experiment
@@ -56,6 +56,10 @@ class SkinflowMLFlowLogger(MLFlowLogger):
     def finalize(self, status: str = "success") -> None:
         if status == "failed" and self.final_status:
             status = self.final_status
+        if self.hold_finished and status in ("success", "finished", "FINISHED"):
+            if self._initialized and self._checkpoint_callback:
+                self._scan_and_log_checkpoints(self._checkpoint_callback)
+            return
         super().finalize(status)
 
 

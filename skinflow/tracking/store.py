@@ -140,12 +140,14 @@ def open_experiment(experiment_name: str, tracking_uri: str = DEFAULT_TRACKING_U
     return MlflowClient(tracking_uri), experiment_id, tracking_uri
 
 
-def search_all_runs(client, experiment_ids: list[str], filter_string: str = ""):
-    """Every run matching ``filter_string``, following MLflow's pages (search_runs returns at most 1,000 a call)."""
-    token = None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=filter_string, max_results=1000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
+def search_runs(client, experiment_ids: list[str], filter_string: str = "", output_format: str = "pandas"):
+    """``mlflow.search_runs`` (every page; a DataFrame with ``run_id``, ``status``, ``tags.*``, ``params.*``,
+    ``metrics.*`` columns, or a list of runs) against ``client``'s store rather than the process-wide one."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(client.tracking_uri)
+    try:
+        return mlflow.search_runs(experiment_ids, filter_string, output_format=output_format)
+    finally:
+        mlflow.set_tracking_uri(previous)
