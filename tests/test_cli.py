@@ -138,6 +138,38 @@ def test_fit_logs_metrics_config_and_tags_to_mlflow(tmp_path, monkeypatch):
         main(["judge", "--run-id", run.info.run_id, "--model", "j", "--api-key-env", "SKINFLOW_TEST_KEY",
               "--table", "predictions/nothing.json"])
     assert missing.value.code == 2
+    # predict: one CSV row per test image with the same columns as the test table, also an MLflow artifact
+    main(["predict", "--config", str(REPO / "configs/experiment/warmup_tiny_synthetic.yaml"),
+          "--data.init_args.synthetic_per_class", "4", "--data.init_args.progress", "false",
+          "--trainer.limit_predict_batches", "1", "--trainer.enable_progress_bar", "false",
+          "--model.init_args.max_new_tokens", "8", "--ckpt_path", str(checkpoints[0])])
+    (csv,) = (tmp_path / "mlruns" / "predictions").rglob("predict.csv")
+    predicted = pd.read_csv(csv, dtype={"md5hash": str}, keep_default_na=False)
+    assert list(predicted.columns) == table["columns"] and len(predicted) == len(rows)
+    assert set(predicted["md5hash"]) == {r["md5hash"] for r in rows}
+    assert {"graded_at_1", "graded_at_6", "caption/colour", "caption/distribution"} <= set(predicted.columns)
+    (predict_run,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_id != run.info.run_id]
+    assert "predictions/predict.csv" in {a.path for a in client.list_artifacts(predict_run.info.run_id, "predictions")}
+
+
+def test_prediction_rows_grade_ranks_one_and_six_against_the_credit_matrix():
+    from skinflow.data.formats import Target, parse_answer
+    from skinflow.data.ontology import ONTOLOGY
+    from skinflow.metrics.grading import credit_matrix, rank_discount
+    from skinflow.stages.base import prediction_rows
+
+    credit = credit_matrix()
+    target = Target("psoriasis", "inflammatory", "non-neoplastic", md5hash="a" * 32, fitzpatrick=3)
+    texts = ["<caption>\ncolour: red\n</caption>\n<answer>\n1. eczema\n2. psoriasis\n</answer>", "no answer at all"]
+    rows = prediction_rows(texts, [parse_answer(t) for t in texts], [target, target], credit)
+    t, e = ONTOLOGY.index("psoriasis"), ONTOLOGY.index("eczema")
+    discount = rank_discount(2)
+    assert rows[0]["graded_at_1"] == pytest.approx(float(credit[t, e]))
+    assert rows[0]["graded_at_6"] == pytest.approx(max(float(credit[t, e] * discount[0]), float(credit[t, t] * discount[1])))
+    assert rows[0]["graded_at_6"] > rows[0]["graded_at_1"]  # the right label at rank 2 beats a near miss at rank 1
+    assert rows[0]["caption/colour"] == "red" and rows[0]["caption/shape"] == ""
+    assert rows[1]["graded_at_1"] == rows[1]["graded_at_6"] == 0.0 and rows[1]["parsed"] == ""
+    assert (rows[0]["md5hash"], rows[0]["label"], rows[0]["fitzpatrick"]) == ("a" * 32, "psoriasis", 3)
 
 
 def test_relative_sqlite_store_is_made_absolute(tmp_path, monkeypatch):

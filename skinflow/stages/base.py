@@ -22,11 +22,11 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from skinflow.data.formats import ParsedAnswer, Target, parse_answer
+from skinflow.data.formats import CAPTION_FIELDS, ParsedAnswer, Target, parse_answer, parse_caption
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.errors import UserError
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
-from skinflow.metrics.grading import GradingSpec, ranked_indices
+from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, ranked_indices
 from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize, backbone_identity, build_backbone, count_parameters
 from skinflow.models.dve import DVESpec
 from skinflow.models.generation import as_id_list
@@ -105,6 +105,24 @@ class CheckpointMismatch(UserError, RuntimeError):
     pass
 
 
+def prediction_rows(completions: list[str], answers: list[ParsedAnswer], targets: list[Target],
+                    credit: torch.Tensor) -> list[dict]:
+    """One row per image: md5hash, label, skin type, the completion as generated, the parsed ranked labels, the
+    parse status, graded credit at 1 and at 6 (``credit``: the stage's grading matrix) and every caption field
+    (``caption/<field>``, empty where the completion has none). ``predict`` writes these rows as a CSV; ``test``
+    logs them as ``predictions/test.json``; the judge reads them."""
+    preds = ranked_indices(answers)
+    target = torch.tensor([ONTOLOGY.index(t.label) for t in targets])
+    at1, at6 = (graded_score(preds, target, credit, k).tolist() for k in (1, 6))
+    rows = []
+    for i, (text, answer, t) in enumerate(zip(completions, answers, targets)):
+        fields, _ = parse_caption(text)
+        rows.append({"md5hash": t.md5hash, "label": t.label, "fitzpatrick": t.fitzpatrick, "completion": text,
+                     "parsed": "; ".join(answer.labels), "status": answer.status, "graded_at_1": float(at1[i]),
+                     "graded_at_6": float(at6[i]), **{f"caption/{f}": fields.get(f, "") for f in CAPTION_FIELDS}})
+    return rows
+
+
 def read_stage_checkpoint(path: str | Path) -> dict:
     """A stage checkpoint's dict; one clear error naming the file when it is missing, damaged or not a stage's."""
     path = Path(path)
@@ -137,6 +155,7 @@ class SkinflowStage(LightningModule):
         self.model, self.processor = build_backbone(self.backbone_spec)
         self.max_new_tokens = max_new_tokens
         grading = grading or GradingSpec()
+        self.credit = credit_matrix(grading)  # the prediction table's graded_at_1 / graded_at_6
         self.metrics = nn.ModuleDict({split: clinical_metrics(grading) for split in ("val", "test")})
         self.parse_failure = nn.ModuleDict({split: ParseFailureRate() for split in ("val", "test")})
         # every registered reward, scored on the greedy completions: comparable across stages and prompts
@@ -201,9 +220,7 @@ class SkinflowStage(LightningModule):
         self.update_metrics(split, answers, batch["targets"])
         for name, metric in self.reward_means[split].items():
             metric.update(REWARDS[name](completions, batch["targets"]).to(self.device))
-        rows = [{"md5hash": target.md5hash, "label": target.label, "fitzpatrick": target.fitzpatrick,
-                 "completion": text, "parsed": "; ".join(answer.labels), "status": answer.status}
-                for text, answer, target in zip(completions, answers, batch["targets"])]
+        rows = prediction_rows(completions, answers, batch["targets"], self.credit)
         self._samples.extend(rows[: max(SAMPLE_TABLE_ROWS - len(self._samples), 0)])
         if split == "test":
             self._predictions.extend(rows)
@@ -222,6 +239,37 @@ class SkinflowStage(LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self.evaluate_batch(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        completions = self.generate_text(batch)
+        rows = prediction_rows(completions, [parse_answer(t) for t in completions], batch["targets"], self.credit)
+        self._predictions.extend(rows)
+        return rows
+
+    def on_predict_epoch_end(self) -> None:
+        """``predict``: the rows of every image as ``<default_root_dir>/predictions/<run id>/predict.csv`` and as
+        the MLflow artifact ``predictions/predict.csv`` of the run."""
+        import pandas as pd
+
+        rows = self._gather_predictions()
+        if not self.trainer.is_global_zero or not rows:
+            return
+        logger = self.logger if self.logger is not None and hasattr(self.logger, "run_id") else None
+        name = logger.run_id if logger is not None else "predict"
+        path = Path(self.trainer.default_root_dir or ".") / "predictions" / name / "predict.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_csv(path, index=False)
+        if logger is not None:
+            logger.experiment.log_artifact(logger.run_id, str(path), "predictions")
+        print(f"predict: {len(rows)} rows -> {path}")
+
+    def _gather_predictions(self) -> list[dict]:
+        rows, self._predictions = self._predictions, []
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, rows)
+            rows = [row for part in gathered for row in part]
+        return rows
 
     def _log_split(self, split: str) -> None:
         key = f"{self.metric_prefix}{split}"
@@ -246,11 +294,7 @@ class SkinflowStage(LightningModule):
     def log_predictions(self) -> None:
         """Every test image's completion and parsed ranked answer, from all processes, as the MLflow table
         ``predictions/test.json`` (``predictions/start/test.json`` for a pipeline stage's starting point)."""
-        rows, self._predictions = self._predictions, []
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            gathered: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, rows)
-            rows = [row for part in gathered for row in part]
+        rows = self._gather_predictions()
         logger = self.logger
         if not rows or logger is None or not hasattr(logger, "run_id") or not self.trainer.is_global_zero:
             return
