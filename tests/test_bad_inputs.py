@@ -5,6 +5,7 @@ tests/test_pipeline.py; SIGTERM and resume, tests/test_resume.py; init_from, tes
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -178,7 +179,7 @@ def test_max_new_tokens_too_small_for_the_answer_warns(synth_dir, tmp_path):
         assert stage.check_answer_room() == needed
 
 
-def test_a_damaged_resume_checkpoint_fails_naming_the_file(tmp_path, monkeypatch):
+def test_a_damaged_resume_checkpoint_fails_naming_the_file(tmp_path, monkeypatch, capsys):
     from skinflow.cli import main
 
     bad = tmp_path / "broken.ckpt"
@@ -188,11 +189,11 @@ def test_a_damaged_resume_checkpoint_fails_naming_the_file(tmp_path, monkeypatch
     from skinflow.tracking.store import ensure_experiment
 
     ensure_experiment(f"sqlite:///{tmp_path}/mlruns/mlflow.db", "skinflow", str(tmp_path / "mlruns" / "artifacts"))
-    from skinflow.stages.base import CheckpointMismatch
-
-    with pytest.raises(CheckpointMismatch, match=r"checkpoint .*broken\.ckpt could not be read"):
+    with pytest.raises(SystemExit) as stop:  # a user error: one line, status 2
         main(["fit", "--config", str(REPO / "configs/experiment/warmup_tiny_synthetic.yaml"), f"--ckpt_path={bad}",
               f"--data.init_args.cache_dir={tmp_path / 'cache'}", "--data.init_args.synthetic_per_class=2"])
+    assert stop.value.code == 2
+    assert re.search(r"^error: checkpoint .*broken\.ckpt could not be read", capsys.readouterr().err, re.M)
 
 
 # -- the MLflow store -----------------------------------------------------------------------------------------
