@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from skinflow.errors import UserError
+from skinflow.models.unwrap import bare_model
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +60,7 @@ def dve_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every FDLinear parameter, named from the bare Qwen2.5-VL model (``model.visual.blocks.7.mlp.up_proj.spectrum``)."""
     from skinflow.models.fdlinear import FDLinear
 
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = bare_model(model)
     return {f"{name}.{key}": value.detach().contiguous() for name, layer in core.named_modules()
             if isinstance(layer, FDLinear) for key, value in layer.state_dict().items()}
 

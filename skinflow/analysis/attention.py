@@ -22,6 +22,7 @@ from lightning.pytorch import Callback
 
 from skinflow.analysis.plotting import pyplot, save_figure
 from skinflow.data.names import file_stem
+from skinflow.models.unwrap import bare_model
 
 
 def top_share(weights: torch.Tensor, fraction: float = 0.1) -> float:
@@ -70,7 +71,7 @@ def attention_maps(stage, batch: dict) -> list[torch.Tensor]:
     layer even at 7B scale. The backbone then goes back to its own attention kind.
     """
     model = stage.model
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    core = bare_model(model)
     previous = core.config._attn_implementation
     was_training = model.training
     rows: list[torch.Tensor] = []

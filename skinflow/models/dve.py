@@ -18,6 +18,7 @@ from torch import nn
 
 from skinflow.errors import ConfigError
 from skinflow.models.fdlinear import FDLinear, dve_head_parameters
+from skinflow.models.unwrap import bare_model
 
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 
@@ -50,7 +51,7 @@ class DVESpec:
 
 def vision_tower(model: nn.Module) -> nn.Module:
     """The Qwen2.5-VL vision tower inside a (possibly PEFT-wrapped) model."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = bare_model(model)
     return base.model.visual
 
 

@@ -30,6 +30,7 @@ from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, r
 from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize, backbone_identity, build_backbone, count_parameters
 from skinflow.models.dve import DVESpec
 from skinflow.models.generation import as_id_list
+from skinflow.models.unwrap import bare_model
 from skinflow.rl.rewards import REWARDS, RewardSpec
 
 SAMPLE_TABLE_ROWS = 16
@@ -192,7 +193,7 @@ class SkinflowStage(LightningModule):
     def encode_images(model: torch.nn.Module, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The vision encoder's output (merged patch embeddings), one tensor per image, of ``model`` (a PEFT
         wrapper or the bare Qwen2.5-VL model; adapters and DVE state as they are)."""
-        core = model.get_base_model() if hasattr(model, "get_base_model") else model
+        core = bare_model(model)
         return core.model.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output
 
     @property
