@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("", "train a stage: fit --config configs/experiment/<stage>.yaml"),
     "validate": ("", "one evaluation pass over the validation split"),
     "test": ("", "one evaluation pass over the test split; logs metrics and the prediction table"),
-    "predict": ("", "ranked diagnoses for every test image, one CSV row per image (predictions.csv)"),
+    "predict": ("", "ranked diagnoses for every test image, one CSV row per image (mlruns/predictions/<run>/predict.csv)"),
     "pipeline": ("skinflow.pipeline:pipeline_command", "warmup -> Stage I -> Stage II -> test as MLflow child runs under one parent"),
     "ablate": ("skinflow.ablation:ablate_command", "the paper's ablation grid (rows x seeds), resumable"),
     "compare": ("skinflow.analysis.compare:compare_command", "mean ± std over seeds from the MLflow store: CSV and bar chart"),

@@ -24,6 +24,7 @@ from pathlib import Path
 from skinflow.analysis.compare import CompareError, client_for
 from skinflow.analysis.plotting import pyplot
 from skinflow.data.names import file_stem
+from skinflow.data.ontology import SKIN_TYPE_KEYS
 from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError
 
 TABLE_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6",
@@ -31,7 +32,6 @@ TABLE_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test
                  "test/graded_top1_by_fst/gap")
 CURVES = ("train/loss", "reward/total", "rl/kl", "rl/entropy", "train/lr", "val/graded_top1", "val/reward/caption_fields",
           "val/attention_top10_share")
-FST = [f"fst_{t}" for t in range(1, 7)]
 
 
 def png_data(fig) -> str:
@@ -98,10 +98,10 @@ def skin_type_figure(stages: list) -> str | None:
 
     plt = pyplot()
     tested = [(s.info.run_name, s.data.metrics) for s in stages
-              if any(f"test/graded_top1_by_fst/{t}" in s.data.metrics for t in FST)]
+              if any(f"test/graded_top1_by_fst/{t}" in s.data.metrics for t in SKIN_TYPE_KEYS)]
     if not tested:
         return None
-    types = [t for t in FST if any(f"test/graded_top1_by_fst/{t}" in m for _, m in tested)]
+    types = [t for t in SKIN_TYPE_KEYS if any(f"test/graded_top1_by_fst/{t}" in m for _, m in tested)]
     x = np.arange(len(types))
     width = 0.8 / len(tested)
     fig, ax = plt.subplots(figsize=(6.5, 3.2))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from skinflow.analysis.compare import client_for, runs_frame, summarize
+from skinflow.data.ontology import SKIN_TYPE_KEYS
 from skinflow.tracking.store import DEFAULT_TRACKING_URI
 
 PAPER_COLUMNS = {  # metric key on the grid's parent runs -> column title
@@ -23,7 +24,6 @@ PAPER_COLUMNS = {  # metric key on the grid's parent runs -> column title
     "final/test/malignant_miss_top1": "malignant miss",
     "final/test/graded_top1_by_fst/worst": "worst skin type",
 }
-FST = [f"fst_{t}" for t in range(1, 7)]
 
 
 def grid_runs(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None) -> pd.DataFrame:
@@ -76,7 +76,7 @@ def skin_type_table(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, a
     """Per row: mean over seeds of ``final/test/<metric>_by_fst/fst_t`` for each type with images, the seeds' mean
     worst type and gap, and the number of seeds."""
     frame = grid_runs(experiment, tracking_uri, ablation)
-    keys = [f"final/test/{metric}_by_fst/{t}" for t in FST]
+    keys = [f"final/test/{metric}_by_fst/{t}" for t in SKIN_TYPE_KEYS]
     present = [k for k in keys if f"metrics.{k}" in frame.columns]
     extra = [f"final/test/{metric}_by_fst/{s}" for s in ("worst", "gap")]
     summary = summarize(frame, present + extra, ["row"]).table.set_index("row")

@@ -31,7 +31,7 @@ from skinflow.data.collate import MIXED, PromptChoice, VisionLanguageCollator
 from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, IMAGE_SUFFIXES, PROMPTS, DataError, Target
 from skinflow.data.names import MD5_PATTERN, invalid_ids
 from skinflow.data.order import EpochShuffle, ResumableLoader, reseed
-from skinflow.data.ontology import ONTOLOGY
+from skinflow.data.ontology import ONTOLOGY, SKIN_TYPES
 from skinflow.data.splits import PRESETS, SplitPreset, assign_splits, clusters_on_two_sides, read_clusters
 from skinflow.data.synthetic import RENDER_VERSION, generate
 from skinflow.data.transforms import eval_transform, to_rgb, train_transform
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("md5hash", "label")
 WRONGLY_LABELLED = "3 Wrongly labelled"
-SKIN_TYPES = (1, 2, 3, 4, 5, 6)  # Fitzpatrick I-VI; Fitzpatrick17k writes -1 for an unknown type
 
 
 def differential(label: str, candidates: list[str], counts: dict[str, int]) -> tuple[str, ...]:

@@ -145,7 +145,7 @@ def parse_answer(text: str, k: int = MAX_RANKS) -> ParsedAnswer:
     match = _BLOCK["answer"].search(text)
     if match is None:
         return ParsedAnswer((), "missing")
-    status = "ok" if f"</answer>" in text[match.start():] else "unclosed"
+    status = "ok" if "</answer>" in text[match.start():] else "unclosed"
     labels: list[str] = []
     unknown = entries = 0
     for line in match.group(1).splitlines():

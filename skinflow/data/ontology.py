@@ -74,6 +74,9 @@ ALIASES: dict[str, str] = {
 # Close misspellings are accepted above this difflib ratio (and only for strings of at least 5 letters).
 FUZZY_CUTOFF = 0.88
 
+SKIN_TYPES = (1, 2, 3, 4, 5, 6)  # Fitzpatrick I-VI; Fitzpatrick17k writes -1 for an unknown type
+SKIN_TYPE_KEYS = tuple(f"fst_{t}" for t in SKIN_TYPES)  # metric suffixes: test/graded_top1_by_fst/fst_3
+
 
 def normalize_text(text: str) -> str:
     """Lower-case, strip accents and punctuation, merge British spellings and whitespace.

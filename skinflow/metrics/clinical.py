@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from skinflow.data.ontology import SKIN_TYPES
 from skinflow.errors import ConfigError
 from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, level_hits, malignant_mask, malignant_miss
 
-FITZPATRICK_TYPES = (1, 2, 3, 4, 5, 6)
 
 
 class _MeanOf(Metric):
@@ -104,10 +104,10 @@ class BySkinType(nn.Module):
 
     def __init__(self, make: callable):
         super().__init__()
-        self.groups = nn.ModuleDict({f"fst_{t}": make() for t in FITZPATRICK_TYPES})
+        self.groups = nn.ModuleDict({f"fst_{t}": make() for t in SKIN_TYPES})
 
     def update(self, preds: torch.Tensor, target: torch.Tensor, fitzpatrick: torch.Tensor) -> None:
-        for t in FITZPATRICK_TYPES:
+        for t in SKIN_TYPES:
             rows = fitzpatrick == t
             if rows.any():
                 self.groups[f"fst_{t}"].update(preds[rows], target[rows])
