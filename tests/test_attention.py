@@ -66,5 +66,8 @@ def test_callback_logs_overlays_and_concentration(synth_dir, tmp_path):
     folder = client.list_artifacts(logger.run_id, "attention")
     assert [f.path for f in folder] == ["attention/step000002"]
     pngs = [f.path for f in client.list_artifacts(logger.run_id, "attention/step000002")]
-    md5s = [dm.splits["val"].records[i]["md5hash"] for i in range(3)]
-    assert pngs == [f"attention/step000002/{i}_{md5}.png" for i, md5 in enumerate(md5s)]
+    records = dm.splits["val"].records
+    labels = list(records["label"])
+    chosen = [labels.index(label) for label in dict.fromkeys(labels)][:3]  # the first image of each of 3 labels
+    assert len({labels[i] for i in chosen}) == 3 and [e["label"] for e in maps.last] == [labels[i] for i in chosen]
+    assert pngs == [f"attention/step000002/{n}_{records[i]['md5hash']}.png" for n, i in enumerate(chosen)]

@@ -29,6 +29,30 @@ def test_report_of_a_pipeline_run(ablation_grid, tmp_path, capsys):
             row = re.search(rf"<tr><th>{stage}</th>(.*?)</tr>", page).group(1)
             assert f"<td>{metrics['test/graded_top1']:.4f}</td>" in row and f"<td>{metrics['test/top1_exact']:.4f}</td>" in row
     assert "<tr><th>stage2 (start)</th>" in page
+    # each stage's claim row, start -> end, with the store's numbers (Stage I: validation caption reward)
+    stage1 = client.get_run(result["children"]["stage1"]).data.metrics
+    claim = re.search(r"<tr><th>stage1</th><td[^>]*>[^<]*</td><td[^>]*>val/reward/caption_fields</td>(.*?)</tr>", page).group(1)
+    start, end = stage1.get("start/val/reward/caption_fields"), stage1["val/reward/caption_fields"]
+    assert f"<td>{end:.4f}</td>" in claim and (start is None or f"<td>{end - start:+.4f}</td>" in claim)
+    stage2 = client.get_run(result["children"]["stage2"]).data.metrics
+    claim = re.search(r"<tr><th>stage2</th><td[^>]*>[^<]*</td><td[^>]*>test/graded_top6</td>(.*?)</tr>", page).group(1)
+    assert claim.startswith(f"<td>{stage2['start/test/graded_top6']:.4f}</td><td>{stage2['test/graded_top6']:.4f}</td>")
+    # the confusion matrix counts every test image of the last tested stage once, and recall is per label
+    from skinflow.analysis.report import prediction_table
+
+    rows = prediction_table(client, client.get_run(result["children"]["stage2"]))
+    confusion = re.search(r"<table class=confusion>(.*?)</table>", page).group(1)
+    assert rows and sum(int(v) for v in re.findall(r"<td>(\d+)</td>", confusion)) == len(rows)
+    assert f"<p>{len(rows)} test images;" in page
+    # skin-type bars from the same rows: image counts, and means equal to the stage's logged per-type metric
+    fst = re.search(r"<table class=fst>(.*?)</table>", page).group(1)
+    cells = re.findall(r"<tr><th>(\d)</th><td>(\d+)</td><td>([\d.]+)</td><td>([\d.]+)</td><td>([\d.]+)</td></tr>", fst)
+    assert cells and sum(int(n) for _, n, *_ in cells) == sum(1 for r in rows if int(r["fitzpatrick"]) in range(1, 7))
+    for t, _, mean, low, high in cells:
+        assert float(mean) == pytest.approx(stage2[f"test/graded_top1_by_fst/fst_{t}"], abs=1e-4)
+        assert float(low) <= float(mean) <= float(high)
+    recall = re.search(r"<table class=recall>(.*?)</table>", page).group(1)
+    assert sum(int(n) for n in re.findall(r"</th><td>(\d+)</td><td>", recall)) == len(rows)
     # figures are embedded: curves per stage, skin types, and the attention overlays the callback logged
     images = re.findall(r"<img alt='([^']*)' src='data:image/png;base64,[A-Za-z0-9+/=]+'>", page)
     assert {f"curves {s}" for s in result["children"]} <= set(images) and "skin types" in images

@@ -95,18 +95,40 @@ def attention_maps(stage, batch: dict) -> list[torch.Tensor]:
     return [token_grid(w, g, merge) for w, g in zip(weights, batch["image_grid_thw"])]
 
 
-def overlay_png(image: np.ndarray, attention: torch.Tensor, path: str | Path, title: str = "") -> Path:
-    """The image with the attention map (nearest-upsampled to the image) over it, and the map alone."""
+def distinct_label_indices(labels: list, n: int) -> list[int]:
+    """The first index of each label in order, up to ``n``; topped up with the next indices when there are fewer
+    than ``n`` labels.
+
+    >>> distinct_label_indices(["a", "a", "b", "a", "c"], 3), distinct_label_indices(["a", "a", "a"], 2)
+    ([0, 2, 4], [0, 1])
+    """
+    first: dict = {}
+    for i, label in enumerate(labels):
+        first.setdefault(label, i)
+    chosen = list(first.values())[:n]
+    chosen += [i for i in range(len(labels)) if i not in chosen][: n - len(chosen)]
+    return sorted(chosen)
+
+
+def overlay_png(image: np.ndarray, attention: torch.Tensor, path: str | Path, title: str = "",
+                vmax: float | None = None) -> Path:
+    """The image with the attention map (nearest-upsampled to the image) over it, and the map alone, coloured
+    from 0 to ``vmax`` (one scale shared by the images of one validation) with the uniform level 1/n marked on
+    the colour bar: near-uniform attention shows as flat colour, not as contrast."""
     plt = pyplot()
     heat = attention.cpu().numpy()
+    vmax = float(heat.max()) if vmax is None else vmax
+    uniform = 1.0 / heat.size
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.4))
     height, width = image.shape[:2]
     axes[0].imshow(image)
-    axes[0].imshow(heat, cmap="inferno", alpha=0.55, extent=(0, width, height, 0), interpolation="nearest")
+    axes[0].imshow(heat, cmap="inferno", alpha=0.55, extent=(0, width, height, 0), interpolation="nearest", vmin=0, vmax=vmax)
     axes[0].set_title(title, fontsize=8)
-    shown = axes[1].imshow(heat, cmap="inferno", interpolation="nearest")
+    shown = axes[1].imshow(heat, cmap="inferno", interpolation="nearest", vmin=0, vmax=vmax)
     axes[1].set_title(f"top-10% share {top_share(attention):.2f}", fontsize=8)
-    fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    bar = fig.colorbar(shown, ax=axes[1], fraction=0.046)
+    bar.ax.axhline(uniform, color="cyan", lw=1.5)
+    bar.ax.text(1.6, uniform, "uniform", color="teal", fontsize=7, va="center", transform=bar.ax.get_yaxis_transform())
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
@@ -118,7 +140,8 @@ class AttentionMaps(Callback):
 
     Logs ``val/attention_top10_share`` (mean over the images) and, with an MLflow logger, one PNG overlay per
     image under ``attention/step<global_step>/``. The images are the same every time (the validation split's
-    first ones, un-augmented), so the overlays show how the model's gaze moves over training.
+    first image of each of its first ``num_images`` labels, un-augmented), so the overlays show how the model's
+    gaze moves over training; all overlays of one validation share one colour scale.
     """
 
     def __init__(self, num_images: int = 4, every_n: int = 1, top_fraction: float = 0.1, split: str = "val"):
@@ -134,7 +157,8 @@ class AttentionMaps(Callback):
             return
         datamodule = trainer.datamodule
         dataset = datamodule.splits[self.split]
-        items = [dataset[i] for i in range(min(self.num_images, len(dataset)))]
+        labels = list(dataset.records["label"]) if hasattr(dataset, "records") else [None] * len(dataset)
+        items = [dataset[i] for i in distinct_label_indices(labels, self.num_images)]
         if not items:
             return
         batch = datamodule.collator(self.split)(items)
@@ -147,9 +171,10 @@ class AttentionMaps(Callback):
         logger = trainer.logger
         if logger is None or not hasattr(logger, "run_id") or not trainer.is_global_zero:
             return
+        vmax = max(float(entry["map"].max()) for entry in self.last)
         with tempfile.TemporaryDirectory() as folder:
             for i, (item, entry) in enumerate(zip(items, self.last)):
                 name = f"{i}_{file_stem(item['target'].md5hash, 'image')}.png"  # ids may come from any dataset
                 title = f"{item['target'].label} · step {trainer.global_step}"
-                overlay_png(item["image"], entry["map"], Path(folder) / name, title)
+                overlay_png(item["image"], entry["map"], Path(folder) / name, title, vmax)
             logger.experiment.log_artifacts(logger.run_id, folder, f"attention/step{trainer.global_step:06d}")

@@ -69,6 +69,155 @@ def table_html(rows: dict[str, dict[str, float]]) -> str:
     return f"<table><tr><th>stage</th>{head}</tr>{''.join(body)}</table>"
 
 
+# each stage's question, and the metric(s) that answer it: start (the checkpoint it began from) -> end
+CLAIMS = {
+    "warmup": ("does supervised warmup teach the format and the labels?", ("test/graded_top1", "test/top6_exact")),
+    "stage1": ("does Stage I raise the validation caption reward?", ("val/reward/caption_fields",)),
+    "stage2": ("does Stage II raise graded top-1 and top-6?", ("test/graded_top1", "test/graded_top6")),
+}
+
+
+def stage_claims(stages: list) -> list[dict]:
+    """One row per stage and claim metric: ``{stage, question, metric, start, end}`` (``start`` is the
+    ``start/<metric>`` the pipeline logs when it evaluates a stage's starting checkpoint; None where absent).
+
+    >>> from types import SimpleNamespace as N
+    >>> run = N(info=N(run_name="stage1"), data=N(tags={"skinflow.stage": "stage1"},
+    ...         metrics={"start/val/reward/caption_fields": 0.41, "val/reward/caption_fields": 0.47}))
+    >>> [(c["metric"], c["start"], c["end"]) for c in stage_claims([run])]
+    [('val/reward/caption_fields', 0.41, 0.47)]
+    """
+    rows = []
+    for stage in stages:
+        kind = stage.data.tags.get("skinflow.stage", stage.info.run_name)
+        if kind not in CLAIMS:
+            continue
+        question, keys = CLAIMS[kind]
+        metrics = stage.data.metrics
+        for key in keys:
+            rows.append({"stage": stage.info.run_name, "question": question, "metric": key,
+                         "start": metrics.get(f"start/{key}"), "end": metrics.get(key)})
+    return rows
+
+
+def claims_html(rows: list[dict]) -> str:
+    def cell(value):
+        return "<td>–</td>" if value is None else f"<td>{value:.4f}</td>"
+
+    body = []
+    for r in rows:
+        change = "<td>–</td>" if r["start"] is None or r["end"] is None else f"<td>{r['end'] - r['start']:+.4f}</td>"
+        body.append(f"<tr><th>{html.escape(r['stage'])}</th><td style='text-align:left'>{html.escape(r['question'])}</td>"
+                    f"<td style='text-align:left'>{html.escape(r['metric'])}</td>{cell(r['start'])}{cell(r['end'])}{change}</tr>")
+    return ("<table><tr><th>stage</th><th>question</th><th>metric</th><th>start</th><th>end</th><th>change</th></tr>"
+            + "".join(body) + "</table>")
+
+
+def prediction_table(client, stage) -> list[dict]:
+    """The stage's ``predictions/test.json`` rows (``SkinflowStage.prediction_rows``), [] when it has none."""
+    import json
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            table = json.loads(Path(client.download_artifacts(stage.info.run_id, "predictions/test.json", folder)).read_text())
+    except Exception:  # noqa: BLE001 - a run that was never tested
+        return []
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+NO_ANSWER = "no answer"
+
+
+def nine_confusion(rows: list[dict]):
+    """Counts of (reference nine-partition, top-1 answer's nine-partition); an unparsed or out-of-ontology
+    first answer is column ``no answer``.
+
+    >>> rows = [{"label": "psoriasis", "parsed": "eczema; psoriasis"}, {"label": "melanoma", "parsed": ""}]
+    >>> table = nine_confusion(rows)
+    >>> int(table.loc["inflammatory", "inflammatory"]), int(table.loc["malignant melanoma", NO_ANSWER]), int(table.values.sum())
+    (1, 1, 2)
+    """
+    import pandas as pd
+
+    from skinflow.data.ontology import ONTOLOGY
+
+    def first(row):
+        top = (row.get("parsed") or "").split(";")[0].strip()
+        return ONTOLOGY.nine(top) if top in ONTOLOGY else NO_ANSWER
+
+    parts = list(ONTOLOGY.nine_partitions)
+    frame = pd.DataFrame({"reference": [ONTOLOGY.nine(r["label"]) for r in rows], "answer": [first(r) for r in rows]})
+    return pd.crosstab(frame["reference"], frame["answer"]).reindex(index=parts, columns=[*parts, NO_ANSWER], fill_value=0)
+
+
+def label_recall(rows: list[dict]):
+    """Per reference label: images and top-1 recall (first parsed answer is the label), worst first."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"label": [r["label"] for r in rows],
+                          "hit": [(r.get("parsed") or "").split(";")[0].strip() == r["label"] for r in rows]})
+    out = frame.groupby("label")["hit"].agg(images="size", recall="mean").reset_index()
+    return out.sort_values(["recall", "images"], ascending=[True, False]).reset_index(drop=True)
+
+
+def confusion_html(rows: list[dict]) -> str:
+    table = nine_confusion(rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "".join(f"<tr><th>{html.escape(i)}</th>" + "".join(f"<td>{int(v)}</td>" for v in table.loc[i]) + "</tr>"
+                   for i in table.index)
+    recall = label_recall(rows)
+    recall_rows = "".join(f"<tr><th>{html.escape(r.label)}</th><td>{r.images}</td><td>{r.recall:.3f}</td></tr>"
+                          for r in recall.itertuples())
+    return (f"<p>{len(rows)} test images; rows: reference nine-partition, columns: the top-1 answer's.</p>"
+            f"<table class=confusion><tr><th>reference \\ answer</th>{head}</tr>{body}</table>"
+            f"<h3>Per-label top-1 recall (worst first)</h3><table class=recall><tr><th>label</th><th>images</th>"
+            f"<th>recall</th></tr>{recall_rows}</table>")
+
+
+def bootstrap_by_skin_type(rows: list[dict], resamples: int = 1000, seed: int = 0):
+    """Per Fitzpatrick type of the prediction rows: images, mean graded top-1 (``graded_at_1``) and a percentile
+    bootstrap 95% interval of that mean (``resamples`` draws with replacement, fixed ``seed``).
+
+    >>> rows = [{"fitzpatrick": 2, "graded_at_1": v} for v in (0.0, 1.0, 1.0, 1.0)] + [{"fitzpatrick": 5, "graded_at_1": 0.5}]
+    >>> table = bootstrap_by_skin_type(rows)
+    >>> [(int(r.type), int(r.images), r.mean) for r in table.itertuples()]
+    [(2, 4, 0.75), (5, 1, 0.5)]
+    >>> bool(table["low"][0] < 0.75 < table["high"][0]), float(table["low"][1]), float(table["high"][1])
+    (True, 0.5, 0.5)
+    """
+    import numpy as np
+    import pandas as pd
+
+    from skinflow.data.ontology import SKIN_TYPES
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in SKIN_TYPES:
+        values = np.array([float(r["graded_at_1"]) for r in rows if int(r["fitzpatrick"]) == t])
+        if not len(values):
+            continue
+        means = rng.choice(values, size=(resamples, len(values)), replace=True).mean(axis=1)
+        out.append({"type": t, "images": len(values), "mean": float(values.mean()),
+                    "low": float(np.percentile(means, 2.5)), "high": float(np.percentile(means, 97.5))})
+    return pd.DataFrame(out, columns=["type", "images", "mean", "low", "high"])
+
+
+def skin_type_interval_figure(name: str, table) -> str:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    x = range(len(table))
+    ax.bar(x, table["mean"], 0.6, yerr=[table["mean"] - table["low"], table["high"] - table["mean"]], capsize=4)
+    for i, r in enumerate(table.itertuples()):
+        ax.text(i, r.high + 0.02, f"n={r.images}", ha="center", fontsize=8)
+    ax.set_xticks(list(x), [f"type {t}" for t in table["type"]])
+    ax.set_ylabel("graded Top-1 (test), bootstrap 95%")
+    ax.set_title(name, fontsize=9)
+    ax.set_ylim(0, min(1.1, max(1.0, float(table["high"].max()) + 0.1)))
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return png_data(fig)
+
+
 def curves_figure(client, stage) -> str | None:
     plt = pyplot()
     series = {}
@@ -154,7 +303,12 @@ def build_report(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
              f"{minutes:.1f} min · commit {html.escape(tags.get('mlflow.source.git.commit', 'unknown'))}"
              + "".join(f" · {html.escape(k)}={html.escape(v)}" for k, v in sorted(tags.items())
                        if k.startswith("skinflow.") or k in ("stage1", "dve")) + "</p>",
+             "<h2>What each stage answered</h2>", claims_html(stage_claims(stages)),
              "<h2>Test metrics</h2>", table_html(metric_rows(stages))]
+    tested = [(stage, rows) for stage in stages if (rows := prediction_table(client, stage))]
+    if tested:
+        stage, rows = tested[-1]
+        parts += [f"<h2>Confusion at the nine-partition level: {html.escape(stage.info.run_name)}</h2>", confusion_html(rows)]
     parts.append("<h2>Training curves</h2>")
     for stage in stages:
         figure = curves_figure(client, stage)
@@ -162,6 +316,13 @@ def build_report(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
                      else f"<p>{html.escape(stage.info.run_name)}: no curves logged</p>")
     figure = skin_type_figure(stages)
     parts += ["<h2>By skin type</h2>", f"<img alt='skin types' src='{figure}'>" if figure else "<p>no per-type metrics</p>"]
+    if tested and "graded_at_1" in tested[-1][1][0]:
+        stage, rows = tested[-1]
+        table = bootstrap_by_skin_type(rows)
+        parts.append(f"<img alt='skin types with intervals' src='{skin_type_interval_figure(stage.info.run_name, table)}'>")
+        parts.append("<table class=fst><tr><th>type</th><th>images</th><th>graded top-1</th><th>95% low</th><th>95% high</th></tr>"
+                     + "".join(f"<tr><th>{r.type}</th><td>{r.images}</td><td>{r.mean:.4f}</td><td>{r.low:.4f}</td>"
+                               f"<td>{r.high:.4f}</td></tr>" for r in table.itertuples()) + "</table>")
     parts.append("<h2>Attention of the answer's first token</h2>")
     for stage in stages:
         images = attention_images(client, stage)
