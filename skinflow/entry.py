@@ -58,8 +58,10 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def run_command(words: list[str]) -> None:
-    """Dispatch ``words`` (``sys.argv[1:]``); exceptions propagate (``main`` turns them into exit statuses)."""
+def run_command(words: list[str], from_argv: bool = False) -> None:
+    """Dispatch ``words``; exceptions propagate (``main`` turns them into exit statuses). ``from_argv``: the words
+    are ``sys.argv[1:]``, which LightningCLI then reads itself; DDP's launcher re-runs ``sys.argv`` for the other
+    ranks, so it must keep them."""
     if not words or words[0] in ("-h", "--help"):
         print(usage())
         if not words:
@@ -69,7 +71,10 @@ def run_command(words: list[str]) -> None:
     if name in LIGHTNING or name.startswith("-"):  # -c/--config before the subcommand is LightningCLI's too
         from skinflow.launcher import lightning_cli
 
-        saved, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when sys.argv also carries arguments
+        if from_argv:
+            lightning_cli(None)
+            return
+        saved, sys.argv = sys.argv, sys.argv[:1]  # in-process: LightningCLI warns when sys.argv carries others
         try:
             lightning_cli(words)
         finally:
@@ -88,11 +93,13 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in words
     if debug:
         words.remove("--debug")
+        if argv is None:
+            sys.argv.remove("--debug")  # the environment variable reaches DDP's other ranks instead
         os.environ["JSONARGPARSE_DEBUG"] = "true"
     from skinflow.errors import user_error
 
     try:
-        run_command(words)
+        run_command(words, from_argv=argv is None or list(argv) == sys.argv[1:])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -115,4 +122,4 @@ def lightning_main(argv: list[str] | None = None) -> None:
     words = list(sys.argv[1:] if argv is None else argv)
     if words and words[0] in COMMANDS and words[0] not in LIGHTNING:
         raise SystemExit(f"error: {words[0]!r} is a skinflow command: {PROG} {words[0]} ...")
-    main(words)
+    main(argv)
