@@ -84,7 +84,7 @@ def test_pipeline_makes_parent_and_child_runs_and_hands_over_small_checkpoints(t
     parents = compare(experiment, None, [], uri, out=tmp_path / "c1")["summary"]
     assert parents.table["run_name"].tolist() == [parent.info.run_name] and parents.metrics[0].startswith("final/")
     assert not parents.left_out
-    stages = compare(experiment, ["test/graded_top1"], [], uri, out=tmp_path / "c2", level="stage")["summary"]
+    stages = compare(experiment, ["val/reward/caption_fields"], [], uri, out=tmp_path / "c2", level="stage")["summary"]
     assert sorted(stages.table["run_name"]) == ["stage1", "stage2", "warmup"] and not stages.left_out
 
 
