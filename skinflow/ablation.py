@@ -35,12 +35,12 @@ from pathlib import Path
 import yaml
 
 from skinflow.errors import UserError
+from skinflow.metrics.headline import HEADLINE_METRICS
 from skinflow.pipeline import Pipeline, PipelineError, load_pipeline, run_pipeline
 
 ABLATION_KEYS = {"name", "pipeline", "seeds", "args", "rows", "metrics", "tracking_uri", "artifact_location"}
 ROW_KEYS = {"name", "factors", "skip", "args", "stage_args"}
-GRID_METRICS = ("final/test/top1_exact", "final/test/top6_exact", "final/test/graded_top1",
-                "final/test/malignant_miss_top1", "final/test/graded_top1_by_fst/worst")
+GRID_METRICS = (*(f"final/{m}" for m in HEADLINE_METRICS), "final/test/graded_top1_by_fst/worst")
 
 
 class AblationError(UserError):

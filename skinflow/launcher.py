@@ -35,9 +35,7 @@ class SkinflowArgumentParser(LightningArgumentParser):
     errors)."""
 
     def error(self, message: str, ex: Exception | None = None):
-        from jsonargparse._common import debug_mode_active
-
-        if not self.exit_on_error or debug_mode_active():
+        if not self.exit_on_error or os.environ.get("JSONARGPARSE_DEBUG", "").lower() == "true":  # jsonargparse's debug switch
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")

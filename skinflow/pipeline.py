@@ -35,12 +35,12 @@ import yaml
 
 from skinflow.data.names import file_stem
 from skinflow.errors import UserError
+from skinflow.metrics.headline import HEADLINE_METRICS
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = (
-    "test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6", "test/malignant_miss_top1",
-    "test/parse_failure", "test/reward/caption_fields", "test/reward/ranked_diagnosis",
+    *HEADLINE_METRICS, "test/parse_failure", "test/reward/caption_fields", "test/reward/ranked_diagnosis",
 )
 STAGE_KEYS = {"name", "config", "args", "skip", "evaluate_start", "test"}
 PIPELINE_KEYS = {"experiment_name", "run_name", "tracking_uri", "artifact_location", "checkpoint_dir", "stages"}

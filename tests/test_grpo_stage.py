@@ -306,3 +306,20 @@ def test_bad_settings_are_refused():
         GRPOStage(num_iterations=0)
     with pytest.raises(ValueError, match="micro_batch_size=0"):
         GRPOStage(micro_batch_size=0)
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_learning_rate_warms_up_from_its_first_step_then_stays(warmup):
+    """transformers' schedule as the RL stages use it: lr * (s + 1) / warmup for s < warmup (no step at lr 0), then
+    lr at every later step (no decay: a cosine to ``min_lr_rate`` 1)."""
+    stage = GRPOStage(max_new_tokens=6, lr=1e-3, warmup_steps=warmup)
+    config = stage.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    seen = []
+    for _ in range(12):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = [1e-3 * min(1.0, (s + 1) / warmup) if warmup else 1e-3 for s in range(12)]
+    assert seen == pytest.approx(expected, rel=1e-12)

@@ -1,6 +1,8 @@
 """The report command: one self-contained HTML page whose numbers are the store's."""
 
+import html
 import re
+from pathlib import Path
 
 import pytest
 
@@ -58,8 +60,50 @@ def test_report_of_a_pipeline_run(ablation_grid, tmp_path, capsys):
     assert {f"curves {s}" for s in result["children"]} <= set(images) and "skin types" in images
     overlays = [i for i in images if i.startswith("attention/")]
     assert overlays and all(i.endswith(".png") for i in overlays)
+    # a panel for every reward term a stage logged (not only the total), each named under its figure
+    for stage, run_id in result["children"].items():
+        terms = {k for k in client.get_run(run_id).data.metrics if re.fullmatch(r"reward/\w+", k) and not k.endswith("_std")}
+        if terms:
+            panels = re.search(rf"<p class='meta curves'>{stage}: (.*?)</p>", page).group(1).split(", ")
+            assert len(terms) > 1 and terms <= set(panels) and "reward/total" in panels
+    # excerpts: the last rollout table of Stage II and the last validation samples of Stage I, as logged, escaped
+    from skinflow.analysis.report import EXCERPT_CHARS, last_table
+
+    for stage, folder, contains in (("stage2", "rollouts", ""), ("stage1", "samples", "val_epoch")):
+        path, logged = last_table(client, client.get_run(result["children"][stage]), folder, contains)
+        assert logged and path in page, (stage, folder)
+        section = page[page.index("<h2>What the model wrote</h2>"):]
+        section = section[section.index(f"<h3>{stage}</h3>"):]
+        excerpt = section[section.index(f"{path}: "):]
+        excerpt = excerpt[:excerpt.index("</table>")]
+        assert html.escape(logged[0]["completion"][:EXCERPT_CHARS]) in excerpt
     assert not re.search(r"(src|href)=['\"](?!data:)", page)  # nothing outside the page
     assert "report.html" in {a.path for a in client.list_artifacts(result["parent_run_id"])}
     with pytest.raises(SystemExit):
         main(["report", "--run-id", "0123abc", "--tracking-uri", uri, "--out", str(tmp_path / "x.html")])
     assert "no run '0123abc'" in capsys.readouterr().err
+
+
+def test_the_excerpt_is_the_last_matching_table_of_its_folder_not_the_first(tmp_path):
+    import json
+    from types import SimpleNamespace as N
+
+    from skinflow.analysis.report import last_table
+
+    tables = {"rollouts/step000004.json": "early", "rollouts/step000020.json": "late", "samples/start/val_epoch009.json": "start",
+              "samples/val_epoch001.json": "val", "samples/test_epoch002.json": "test"}
+
+    class Client:
+        def list_artifacts(self, run_id, folder):
+            below = {p[len(folder) + 1:].split("/")[0] for p in tables if p.startswith(folder + "/")}
+            return [N(path=f"{folder}/{name}", is_dir=not name.endswith(".json")) for name in sorted(below)]
+
+        def download_artifacts(self, run_id, path, folder):
+            out = Path(folder) / "t.json"
+            out.write_text(json.dumps({"columns": ["completion"], "data": [[tables[path]]]}))
+            return str(out)
+
+    stage = N(info=N(run_id="r"))
+    assert last_table(Client(), stage, "rollouts") == ("rollouts/step000020.json", [{"completion": "late"}])
+    assert last_table(Client(), stage, "samples", "val_epoch") == ("samples/val_epoch001.json", [{"completion": "val"}])
+    assert last_table(Client(), stage, "captions") == ("", [])

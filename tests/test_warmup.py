@@ -119,3 +119,21 @@ def test_synth_refuses_an_empty_set(tmp_path, capsys):
         main(["synth", "--out", str(tmp_path / "s"), "--per-class", "0"])
     assert "--per-class 0: at least 1 image per class" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor_at_the_last_step():
+    """The warmup stage's schedule over the trainer's stepping batches: linear warmup, cosine to min_lr_ratio."""
+    from types import SimpleNamespace
+
+    stage = WarmupStage(lr=1e-3, warmup_steps=2, min_lr_ratio=0.1)
+    stage._trainer = SimpleNamespace(estimated_stepping_batches=10)
+    config = stage.configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    seen = []
+    for _ in range(11):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert seen[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert seen[6] == pytest.approx(5.5e-4) and seen[10] == pytest.approx(1e-4)  # half way down; the floor
+    assert all(a >= b for a, b in zip(seen[2:], seen[3:]))

@@ -22,9 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from skinflow.errors import UserError
+from skinflow.metrics.headline import HEADLINE_METRICS
 from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError, client_for_existing, search_runs
 
-DEFAULT_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/malignant_miss_top1")
+DEFAULT_METRICS = HEADLINE_METRICS
 COMPARE_TAG = "compare"  # value of skinflow.stage on the runs this command logs (never compared themselves)
 
 
@@ -126,17 +127,12 @@ def summarize(frame: pd.DataFrame, metrics: list[str], group_by: list[str], pool
     for metric in metrics:
         lacking = frame[frame[f"metrics.{metric}"].isna()]
         left_out += [(r.run_id, r.run_name, metric) for r in lacking.itertuples()]
-    records = []
-    for group, part in frame.groupby([keys[c] for c in columns], sort=False):
-        group = group if isinstance(group, tuple) else (group,)
-        record = dict(zip(group_by or ["run_name"], group))
-        for metric in metrics:
-            values = part[f"metrics.{metric}"].dropna().astype(float)
-            record[f"n_{metric}"] = len(values)
-            record[f"{metric}_mean"] = values.mean() if len(values) else math.nan
-            record[f"{metric}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-        records.append(record)
-    return Summary(pd.DataFrame(records), list(group_by or ["run_name"]), list(metrics), left_out)
+    names = list(group_by or ["run_name"])
+    values = frame[[f"metrics.{m}" for m in metrics]].astype(float)
+    table = values.groupby([keys[c] for c in columns], sort=False).agg(["count", "mean", "std"])  # std: ddof 1
+    table.columns = [{"count": f"n_{m[8:]}", "mean": f"{m[8:]}_mean", "std": f"{m[8:]}_std"}[stat] for m, stat in table.columns]
+    table.index.names = names
+    return Summary(table.reset_index(), names, list(metrics), left_out)
 
 
 def format_summary(summary: Summary, digits: int = 4) -> str:
@@ -163,22 +159,16 @@ def format_summary(summary: Summary, digits: int = 4) -> str:
 
 def bar_chart(summary: Summary, path: str | Path, title: str = "") -> Path:
     """Grouped bars (one cluster per metric, one bar per group) with ± std error bars, as PNG."""
-    import numpy as np
-
-    from skinflow.analysis.plotting import pyplot, save_figure
+    from skinflow.analysis.plotting import grouped_bars, pyplot, save_figure
 
     plt = pyplot()
     table = summary.table
     labels = [" / ".join(str(r[g]) for g in summary.groups) for r in table.to_dict("records")]
-    x = np.arange(len(summary.metrics))
-    width = 0.8 / max(len(labels), 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(summary.metrics) * max(1, len(labels)) ** 0.5), 4.2))
-    for i, label in enumerate(labels):
-        means = [table[f"{m}_mean"].iloc[i] for m in summary.metrics]
-        stds = [0.0 if math.isnan(s) else s for s in (table[f"{m}_std"].iloc[i] for m in summary.metrics)]
-        ax.bar(x + (i - (len(labels) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=label)
-    ax.set_xticks(x, [m.split("/", 1)[-1] if m.startswith(("test/", "val/")) else m for m in summary.metrics],
-                  rotation=15, ha="right")
+    grouped_bars(ax, [m.split("/", 1)[-1] if m.startswith(("test/", "val/")) else m for m in summary.metrics],
+                 {label: [table[f"{m}_mean"].iloc[i] for m in summary.metrics] for i, label in enumerate(labels)},
+                 {label: [table[f"{m}_std"].iloc[i] for m in summary.metrics] for i, label in enumerate(labels)})
+    plt.setp(ax.get_xticklabels(), rotation=15, ha="right")
     ax.set_ylabel("mean ± std over runs")
     ax.set_title(title)
     ax.legend(fontsize=8, title=" / ".join(summary.groups), title_fontsize=8)

@@ -3,8 +3,11 @@
 The page holds, with every figure embedded as a base64 PNG (no file or network reference, so it can be mailed):
 
 - the metric table: test metrics per stage (``start`` rows for stages evaluated before training), from the store;
-- training curves per stage: loss, reward, KL, learning rate and validation scores against the step;
-- graded Top-1 per Fitzpatrick skin type per stage;
+- training curves per stage: loss, each reward term, KL, learning rate and validation scores against the step,
+  with a smoothed line over the logged points;
+- graded Top-1 per Fitzpatrick skin type per stage, and of the last tested stage with image counts and bootstrap
+  95% intervals; its nine-partition confusion matrix and per-label recall from the prediction table;
+- excerpts of each stage's last validation samples and last rollout table;
 - the attention overlays the ``AttentionMaps`` callback logged (last validation of each stage).
 
     python -m skinflow report --run-id 5678bdb4... [--tracking-uri sqlite:///mlruns/mlflow.db] [--out report.html]
@@ -25,13 +28,15 @@ from skinflow.analysis.compare import CompareError, client_for
 from skinflow.analysis.plotting import pyplot
 from skinflow.data.names import file_stem
 from skinflow.data.ontology import SKIN_TYPE_KEYS
+from skinflow.metrics.headline import HEADLINE_METRICS
 from skinflow.tracking.store import DEFAULT_TRACKING_URI, StoreError
 
-TABLE_METRICS = ("test/top1_exact", "test/top6_exact", "test/graded_top1", "test/graded_top6",
-                 "test/malignant_miss_top1", "test/parse_failure", "test/graded_top1_by_fst/worst",
+TABLE_METRICS = (*HEADLINE_METRICS, "test/parse_failure", "test/graded_top1_by_fst/worst",
                  "test/graded_top1_by_fst/gap")
 CURVES = ("train/loss", "reward/total", "rl/kl", "rl/entropy", "train/lr", "val/graded_top1", "val/reward/caption_fields",
           "val/attention_top10_share")
+SMOOTHING = 0.6  # TensorBoard's default slider position
+SMOOTH_FROM = 10  # points; a shorter series is drawn as points only
 
 
 def png_data(fig) -> str:
@@ -113,16 +118,65 @@ def claims_html(rows: list[dict]) -> str:
             + "".join(body) + "</table>")
 
 
-def prediction_table(client, stage) -> list[dict]:
-    """The stage's ``predictions/test.json`` rows (``SkinflowStage.prediction_rows``), [] when it has none."""
+def logged_table(client, run_id: str, path: str) -> list[dict]:
+    """Rows of a table ``MlflowClient.log_table`` wrote (``{"columns": [...], "data": [[...]]}``); [] when absent."""
     import json
 
     try:
         with tempfile.TemporaryDirectory() as folder:
-            table = json.loads(Path(client.download_artifacts(stage.info.run_id, "predictions/test.json", folder)).read_text())
-    except Exception:  # noqa: BLE001 - a run that was never tested
+            table = json.loads(Path(client.download_artifacts(run_id, path, folder)).read_text())
+    except Exception:  # noqa: BLE001 - a run that never logged it
         return []
     return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def prediction_table(client, stage) -> list[dict]:
+    """The stage's ``predictions/test.json`` rows (``SkinflowStage.prediction_rows``), [] when it has none."""
+    return logged_table(client, stage.info.run_id, "predictions/test.json")
+
+
+def last_table(client, stage, folder: str, contains: str = "") -> tuple[str, list[dict]]:
+    """(path, rows) of the last table (by name: ``step000123``, ``val_epoch004``) directly under ``folder`` whose
+    name contains ``contains``; ("", []) when there is none. Subfolders (``samples/start/``) are not searched."""
+    try:
+        files = sorted(a.path for a in client.list_artifacts(stage.info.run_id, folder)
+                       if not a.is_dir and a.path.endswith(".json") and contains in a.path.rsplit("/", 1)[-1])
+    except Exception:  # noqa: BLE001 - a run without artifacts
+        return "", []
+    return (files[-1], logged_table(client, stage.info.run_id, files[-1])) if files else ("", [])
+
+
+EXCERPT_ROWS = 6
+EXCERPT_CHARS = 400
+SAMPLE_COLUMNS = ("label", "fitzpatrick", "completion", "parsed", "status", "graded_at_1", "graded_at_6")
+ROLLOUT_COLUMNS = ("step", "label", "completion", "reward/total")
+
+
+def excerpt_html(path: str, rows: list[dict], columns: tuple[str, ...]) -> str:
+    """The first ``EXCERPT_ROWS`` rows of a logged table, ``columns`` it has (and any ``reward/`` term of a
+    rollout), text cut at ``EXCERPT_CHARS`` with the cut marked, all escaped.
+
+    >>> page = excerpt_html("rollouts/step000004.json", [{"label": "acne", "completion": "<b>" + "x" * 500}], ("label", "completion"))
+    >>> "&lt;b&gt;" in page, "… (+103 chars)" in page, "rollouts/step000004.json" in page
+    (True, True, True)
+    """
+    if not rows:
+        return ""
+    extra = [k for k in rows[0] if k.startswith("reward/") and k not in columns and not k.endswith("_std")]
+    keys = [k for k in columns if k in rows[0]] + extra
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"<td>{value:.3f}</td>"
+        text = "" if value is None else str(value)
+        if len(text) > EXCERPT_CHARS:
+            text = f"{text[:EXCERPT_CHARS]}… (+{len(text) - EXCERPT_CHARS} chars)"
+        return f"<td class=text>{html.escape(text)}</td>"
+
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(cell(r.get(k)) for k in keys) + "</tr>" for r in rows[:EXCERPT_ROWS])
+    return (f"<p class=meta>{html.escape(path)}: {min(len(rows), EXCERPT_ROWS)} of {len(rows)} rows</p>"
+            f"<table class=excerpt><tr>{head}</tr>{body}</table>")
 
 
 NO_ANSWER = "no answer"
@@ -218,21 +272,55 @@ def skin_type_interval_figure(name: str, table) -> str:
     return png_data(fig)
 
 
+def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    """TensorBoard's smoothing: an exponential moving average with its start-up bias divided out, so the first
+    point is the first value and a constant series stays constant; ``weight`` 0 returns the values.
+
+    >>> smooth([1.0, 1.0, 1.0])
+    [1.0, 1.0, 1.0]
+    >>> smooth([0.0, 1.0], 0.0)
+    [0.0, 1.0]
+    >>> [round(v, 4) for v in smooth([0.0, 1.0], 0.5)]  # (0.5*0 + 0.5*1) / (1 - 0.5**2)
+    [0.0, 0.6667]
+    """
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i) if weight else value)
+    return out
+
+
+def curve_keys(metrics) -> list[str]:
+    """The stage's curves: ``CURVES`` then every reward term it logged (``reward/<name>``, not its ``_std``).
+
+    >>> curve_keys({"train/loss": 1, "reward/total": 1, "reward/format": 1, "reward/format_std": 1, "val/loss": 1})
+    ['train/loss', 'reward/total', 'reward/format']
+    """
+    terms = sorted(k for k in metrics if k.startswith("reward/") and not k.endswith("_std") and k not in CURVES)
+    return [k for k in CURVES if k in metrics] + terms
+
+
 def curves_figure(client, stage) -> str | None:
+    """One panel per curve: the logged points faint, their ``smooth`` line over them (series of at least
+    ``SMOOTH_FROM`` points; shorter ones are drawn with markers only)."""
     plt = pyplot()
     series = {}
-    for key in CURVES:
-        if key in stage.data.metrics:
-            history = sorted(client.get_metric_history(stage.info.run_id, key), key=lambda m: m.step)
-            series[key] = ([m.step for m in history], [m.value for m in history])
+    for key in curve_keys(stage.data.metrics):
+        history = sorted(client.get_metric_history(stage.info.run_id, key), key=lambda m: m.step)
+        series[key] = ([m.step for m in history], [m.value for m in history])
     if not series:
         return None
     cols = min(4, len(series))
     rows = math.ceil(len(series) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, (key, (steps, values)) in zip(axes.flat, series.items()):
-        ax.plot(steps, values, marker="." if len(steps) < 30 else None, lw=1)
-        ax.set_title(key, fontsize=8)
+        if len(steps) >= SMOOTH_FROM:
+            ax.plot(steps, values, lw=0.8, alpha=0.3, color="C0")
+            ax.plot(steps, smooth(values), lw=1.6, color="C0")
+            ax.set_title(f"{key} (smoothed {SMOOTHING})", fontsize=8)
+        else:
+            ax.plot(steps, values, marker=".", lw=1, color="C0")
+            ax.set_title(key, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(series):]:
@@ -243,7 +331,7 @@ def curves_figure(client, stage) -> str | None:
 
 
 def skin_type_figure(stages: list) -> str | None:
-    import numpy as np
+    from skinflow.analysis.plotting import grouped_bars
 
     plt = pyplot()
     tested = [(s.info.run_name, s.data.metrics) for s in stages
@@ -251,13 +339,9 @@ def skin_type_figure(stages: list) -> str | None:
     if not tested:
         return None
     types = [t for t in SKIN_TYPE_KEYS if any(f"test/graded_top1_by_fst/{t}" in m for _, m in tested)]
-    x = np.arange(len(types))
-    width = 0.8 / len(tested)
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    for i, (name, metrics) in enumerate(tested):
-        values = [metrics.get(f"test/graded_top1_by_fst/{t}", np.nan) for t in types]
-        ax.bar(x + (i - (len(tested) - 1) / 2) * width, values, width, label=name)
-    ax.set_xticks(x, [t.replace("fst_", "type ") for t in types])
+    grouped_bars(ax, [t.replace("fst_", "type ") for t in types],
+                 {name: [metrics.get(f"test/graded_top1_by_fst/{t}", math.nan) for t in types] for name, metrics in tested})
     ax.set_ylabel("graded Top-1 (test)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
@@ -285,7 +369,7 @@ def attention_images(client, stage, limit: int = 8) -> list[tuple[str, str]]:
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}img{max-width:100%}.grid img{width:320px;margin:4px}h2{margin-top:1.6em}
-.meta{color:#555;font-size:13px}"""
+.meta{color:#555;font-size:13px}td.text{text-align:left;white-space:pre-wrap;max-width:640px;font-family:monospace;font-size:12px}"""
 
 
 def build_report(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
@@ -312,8 +396,9 @@ def build_report(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
     parts.append("<h2>Training curves</h2>")
     for stage in stages:
         figure = curves_figure(client, stage)
-        parts.append(f"<img alt='curves {html.escape(stage.info.run_name)}' src='{figure}'>" if figure
-                     else f"<p>{html.escape(stage.info.run_name)}: no curves logged</p>")
+        parts.append(f"<img alt='curves {html.escape(stage.info.run_name)}' src='{figure}'>"
+                     f"<p class='meta curves'>{html.escape(stage.info.run_name)}: {html.escape(', '.join(curve_keys(stage.data.metrics)))}</p>"
+                     if figure else f"<p>{html.escape(stage.info.run_name)}: no curves logged</p>")
     figure = skin_type_figure(stages)
     parts += ["<h2>By skin type</h2>", f"<img alt='skin types' src='{figure}'>" if figure else "<p>no per-type metrics</p>"]
     if tested and "graded_at_1" in tested[-1][1][0]:
@@ -323,6 +408,18 @@ def build_report(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
         parts.append("<table class=fst><tr><th>type</th><th>images</th><th>graded top-1</th><th>95% low</th><th>95% high</th></tr>"
                      + "".join(f"<tr><th>{r.type}</th><td>{r.images}</td><td>{r.mean:.4f}</td><td>{r.low:.4f}</td>"
                                f"<td>{r.high:.4f}</td></tr>" for r in table.itertuples()) + "</table>")
+    parts.append("<h2>What the model wrote</h2>")
+    for stage in stages:
+        path, rows = last_table(client, stage, "samples", "val_epoch")
+        rollout_path, rollouts = last_table(client, stage, "rollouts")
+        if rows or rollouts:
+            parts.append(f"<h3>{html.escape(stage.info.run_name)}</h3>")
+            if rows:
+                parts.append("<h4>Greedy validation answers, last epoch</h4>" + excerpt_html(path, rows, SAMPLE_COLUMNS))
+            if rollouts:
+                parts.append("<h4>Sampled rollouts, last table</h4>" + excerpt_html(rollout_path, rollouts, ROLLOUT_COLUMNS))
+    if not any("class=excerpt" in p for p in parts):
+        parts.append("<p>no sample or rollout tables logged</p>")
     parts.append("<h2>Attention of the answer's first token</h2>")
     for stage in stages:
         images = attention_images(client, stage)

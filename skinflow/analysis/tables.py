@@ -89,19 +89,13 @@ def skin_type_table(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, a
 
 def skin_type_chart(table: pd.DataFrame, path: str | Path | None = None, title: str = "graded Top-1 by skin type"):
     """Bars per Fitzpatrick type, one colour per row; saved as PNG when ``path`` is given. Returns the figure."""
-    import numpy as np
-
-    from skinflow.analysis.plotting import pyplot, save_figure
+    from skinflow.analysis.plotting import grouped_bars, pyplot, save_figure
 
     plt = pyplot(headless=path is not None)
-
     types = [c for c in table.columns if c.startswith("fst_")]
-    x = np.arange(len(types))
-    width = 0.8 / max(len(table), 1)
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, (row, values) in enumerate(table.iterrows()):
-        ax.bar(x + (i - (len(table) - 1) / 2) * width, values[types].astype(float), width, label=str(row))
-    ax.set_xticks(x, [t.replace("fst_", "type ") for t in types])
+    grouped_bars(ax, [t.replace("fst_", "type ") for t in types],
+                 {str(row): values[types].astype(float).tolist() for row, values in table.iterrows()})
     ax.set_ylabel("mean over seeds")
     ax.set_title(title)
     ax.legend(fontsize=8)

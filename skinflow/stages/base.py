@@ -42,6 +42,11 @@ torch.serialization.add_safe_globals([BackboneSpec, LoRASpec, DVESpec, TinySize,
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
     """Learning-rate multiplier: linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``.
 
+    The warmup stage's schedule. transformers' ``get_cosine_with_min_lr_schedule_with_warmup_lr_rate`` has the same
+    warmup but counts the decay one step further on (``step - warmup + 1``); moving to it would shift every measured
+    warmup trajectory in ``docs/results.md``, so the hand-written one stays until those are re-measured. The RL
+    stages (constant after warmup, where the two agree) use transformers'.
+
     >>> [round(warmup_cosine(s, 2, 10, 0.1), 3) for s in (0, 1, 2, 6, 10)]
     [0.5, 1.0, 1.0, 0.55, 0.1]
     """
@@ -77,12 +82,11 @@ def target_window(labels: torch.Tensor) -> int:
     return labels.shape[1] - int(has_label.nonzero()[0]) + 1
 
 
-def adamw_with_schedule(params, lr: float, weight_decay: float, betas: tuple[float, float], warmup_steps: int,
-                        total_steps: int, min_ratio: float) -> dict:
-    """AdamW over ``params`` with the ``warmup_cosine`` multiplier stepped per optimizer step (Lightning's dict)."""
+def adamw_with_schedule(params, lr: float, weight_decay: float, betas: tuple[float, float], schedule) -> dict:
+    """AdamW over ``params`` and ``schedule(optimizer)``'s learning-rate scheduler, stepped per optimizer step
+    (Lightning's dict)."""
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup_steps, total_steps, min_ratio))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule(optimizer), "interval": "step"}}
 
 
 def rng_states() -> dict:

@@ -368,6 +368,10 @@ class GRPOStage(SkinflowStage):
 
     # -- setup -----------------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        # linear warmup, then constant (min_ratio 1): AdamW's default betas
-        return adamw_with_schedule(self.trainable_parameters(), self.hparams.lr, self.hparams.weight_decay, (0.9, 0.999),
-                                   self.hparams.warmup_steps, 1, 1.0)
+        # linear warmup from lr / warmup_steps at the first step, then constant (a cosine to min_lr_rate 1); AdamW's
+        # default betas
+        from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup_lr_rate as warmup_then_constant
+
+        hp = self.hparams
+        return adamw_with_schedule(self.trainable_parameters(), hp.lr, hp.weight_decay, (0.9, 0.999),
+                                   lambda opt: warmup_then_constant(opt, hp.warmup_steps, 1, min_lr_rate=1.0))

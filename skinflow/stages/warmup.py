@@ -14,11 +14,14 @@ weight 1, 0.51 with weight 10).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+from torch.optim.lr_scheduler import LambdaLR
 
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
-from skinflow.stages.base import SkinflowStage, adamw_with_schedule
+from skinflow.stages.base import SkinflowStage, adamw_with_schedule, warmup_cosine
 
 
 class WarmupStage(SkinflowStage):
@@ -63,5 +66,7 @@ class WarmupStage(SkinflowStage):
 
     def configure_optimizers(self):
         hp = self.hparams
-        return adamw_with_schedule(self.trainable_parameters(), hp.lr, hp.weight_decay, hp.betas, hp.warmup_steps,
-                                   max(1, int(self.trainer.estimated_stepping_batches)), hp.min_lr_ratio)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return adamw_with_schedule(self.trainable_parameters(), hp.lr, hp.weight_decay, hp.betas,
+                                   lambda opt: LambdaLR(opt, partial(warmup_cosine, warmup_steps=hp.warmup_steps,
+                                                                     total_steps=total, min_ratio=hp.min_lr_ratio)))
