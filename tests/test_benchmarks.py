@@ -24,23 +24,19 @@ def test_dve_gpu_runs_tiny_on_cpu():
     assert "ratio DVE/plain" in out.strip().splitlines()[-1]
 
 
-def test_gpu_scale_runs_tiny_on_cpu():
-    out = run("gpu_scale.py", "--tiny")
+def test_gpu_scale_takes_a_checkout_folder_and_times_every_phase(qwen_standin):
+    """``--pretrained-path``: the folder's weights and real tokenizer (here the stand-in checkout, on CPU); every
+    phase of the step is timed."""
+    out = run("gpu_scale.py", "--tiny", "--pretrained-path", str(qwen_standin), "--warmup", "0")
+    assert f"backbone: {qwen_standin}; tokenizer: 151665 tokens, stops on [151645, 151643]" in out
     lines = out.strip().splitlines()
     phases = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("  ")}
     assert set(phases) == {"rollout", "reference", "policy_forward", "backward", "optimizer"}
     # every phase was timed (the script indexes them, a missing one raises); the heavy ones take measurable time,
-    # the optimizer step of 0.1 M parameters may round to zero on a fast machine
+    # the optimizer step may round to zero on a fast machine
     assert all(phases[name] > 0 for name in ("rollout", "reference", "policy_forward", "backward"))
     assert phases["optimizer"] >= 0
     assert lines[-1].startswith("step total") and float(lines[-1].split()[2]) >= sum(phases.values()) * 0.9
-
-
-def test_gpu_scale_takes_a_checkout_folder(qwen_standin):
-    """``--pretrained-path``: the folder's weights and real tokenizer (here the stand-in checkout, on CPU)."""
-    out = run("gpu_scale.py", "--tiny", "--pretrained-path", str(qwen_standin), "--warmup", "0")
-    assert f"backbone: {qwen_standin}; tokenizer: 151665 tokens, stops on [151645, 151643]" in out
-    assert out.strip().splitlines()[-1].startswith("step total")
 
 
 def test_grpo_vs_trl_refuses_clearly_without_trl_or_prints_a_ratio():

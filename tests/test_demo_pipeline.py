@@ -1,4 +1,5 @@
-"""The README's demo, run as a test so it cannot go stale: the pipeline (warmup -> Stage I -> Stage II -> test)
+"""The README's demo, run as a test so it cannot go stale (`make test-all`; marked slow, about 13 min on 2 cores, so
+`make test` and CI leave it out): the pipeline (warmup -> Stage I -> Stage II -> test)
 on synthetic lesions with the tiny model, with fixed seeds. Chance on these 15 labels: top-1 1/15.
 
 The seeds are fixed but the trajectory is not the same on every machine: float rounding differs between CPUs and

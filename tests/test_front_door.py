@@ -132,9 +132,10 @@ def test_python_m_lightning_runs_the_kit_cli_after_install(tmp_path, editable):
     assert os.path.isfile(os.path.join(purelib, "skinflow-lightning.pth"))
     done = run(["-m", "lightning", "--help"], cwd=tmp_path, python=python)
     assert done.returncode == 0 and done.stdout.strip() == usage().strip(), done.stderr[-2000:]
-    done = run(["-m", "lightning", "fit", "--config", str(REPO / CONFIG), "--model.init_args.loss", "grpoo"],
-               cwd=tmp_path, python=python)
-    assert done.returncode == 2 and "'grpoo' is not one of grpo, dr_grpo, dapo" in done.stderr
+    if not editable:  # the same dispatch as --help above; the parse is the same code either way (about 20 s)
+        done = run(["-m", "lightning", "fit", "--config", str(REPO / CONFIG), "--model.init_args.loss", "grpoo"],
+                   cwd=tmp_path, python=python)
+        assert done.returncode == 2 and "'grpoo' is not one of grpo, dr_grpo, dapo" in done.stderr
     done = run(["-m", "lightning", "pipeline"], cwd=tmp_path, python=python)
     assert done.returncode != 0 and "is a skinflow command" in done.stderr
 
