@@ -220,10 +220,12 @@ def test_an_empty_store_file_is_refused_not_re_initialised(tmp_path, capsys):
 
 
 def test_concurrent_first_runs_on_a_fresh_store_both_succeed(tmp_path):
-    """Four processes open the same new store and experiment at once (schema creation raced before)."""
-    code = ("import sys; from skinflow.tracking.mlflow import SkinflowMLFlowLogger as L; "
-            "l = L(tracking_uri=sys.argv[1], artifact_location=sys.argv[2]); l.log_metrics({'m': 1.0}); l.finalize('success'); "
-            "print(l.run_id)")
+    """Four processes open the same new store and experiment at once (schema creation raced before). Each goes
+    through ``ensure_experiment``, the step every logger, pipeline and grid takes first (without importing
+    Lightning: four Lightning imports on 2 cores took most of this test's 50 s)."""
+    code = ("import sys; from skinflow.tracking.store import open_experiment; "
+            "client, exp, _ = open_experiment('skinflow', sys.argv[1], sys.argv[2]); run = client.create_run(exp); "
+            "client.log_metric(run.info.run_id, 'm', 1.0); client.set_terminated(run.info.run_id); print(run.info.run_id)")
     uri, artifacts = f"sqlite:///{tmp_path}/mlruns/mlflow.db", str(tmp_path / "mlruns" / "artifacts")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, artifacts], env=env, stdout=subprocess.PIPE,
