@@ -179,3 +179,12 @@ def test_relative_sqlite_store_is_made_absolute(tmp_path, monkeypatch):
     assert resolve_tracking_uri("sqlite:///mlruns/mlflow.db") == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     assert resolve_tracking_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def test_every_config_file_is_listed_in_docs_configs():
+    """docs/configs.md names every YAML under configs/ (a new file without a line there fails)."""
+    page = (REPO / "docs" / "configs.md").read_text()
+    sections = {part.split("/`", 1)[0]: part for part in page.split("\n## `")[1:]}  # folder -> its section
+    missing = [str(f.relative_to(REPO)) for f in sorted((REPO / "configs").rglob("*.yaml"))
+               if f"| `{f.name}` |" not in sections.get(f.parent.name, "")]
+    assert not missing, missing
