@@ -135,8 +135,11 @@ def test_interrupted_run_loses_nothing_and_resumes(tmp_path, files, sig, status)
         csv_path = write_csv(tmp_path / "f.csv", [(m, server.url("ok", m), "x") for m in md5s])
         cmd = [sys.executable, "-m", "skinflow", "download", "--csv", str(csv_path), "--out", str(out),
                "--concurrency", "2", "--no-progress"]
+        # SIGINT at its default in the child: a suite started as a background job of a non-interactive shell
+        # (`make test &`) passes SIGINT down ignored, and Python then installs no KeyboardInterrupt handler
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+                                env={**os.environ, "PYTHONPATH": str(REPO)},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while len(list(out.glob("*.jpg"))) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
