@@ -26,6 +26,7 @@ from pathlib import Path
 
 from skinflow.analysis.compare import CompareError, client_for
 from skinflow.analysis.plotting import pyplot
+from skinflow.data.formats import split_parsed
 from skinflow.data.names import file_stem
 from skinflow.data.ontology import SKIN_TYPE_KEYS
 from skinflow.metrics.headline import HEADLINE_METRICS
@@ -162,7 +163,7 @@ def excerpt_html(path: str, rows: list[dict], columns: tuple[str, ...]) -> str:
     """
     if not rows:
         return ""
-    extra = [k for k in rows[0] if k.startswith("reward/") and k not in columns and not k.endswith("_std")]
+    extra = [k for k in reward_terms(rows[0]) if k not in columns]
     keys = [k for k in columns if k in rows[0]] + extra
 
     def cell(value):
@@ -182,6 +183,11 @@ def excerpt_html(path: str, rows: list[dict], columns: tuple[str, ...]) -> str:
 NO_ANSWER = "no answer"
 
 
+def first_answer(row: dict) -> str:
+    """The top-ranked label of a prediction row, "" when it has none."""
+    return next(iter(split_parsed(row.get("parsed"))), "")
+
+
 def nine_confusion(rows: list[dict]):
     """Counts of (reference nine-partition, top-1 answer's nine-partition); an unparsed or out-of-ontology
     first answer is column ``no answer``.
@@ -196,7 +202,7 @@ def nine_confusion(rows: list[dict]):
     from skinflow.data.ontology import ONTOLOGY
 
     def first(row):
-        top = (row.get("parsed") or "").split(";")[0].strip()
+        top = first_answer(row)
         return ONTOLOGY.nine(top) if top in ONTOLOGY else NO_ANSWER
 
     parts = list(ONTOLOGY.nine_partitions)
@@ -209,7 +215,7 @@ def label_recall(rows: list[dict]):
     import pandas as pd
 
     frame = pd.DataFrame({"label": [r["label"] for r in rows],
-                          "hit": [(r.get("parsed") or "").split(";")[0].strip() == r["label"] for r in rows]})
+                          "hit": [first_answer(r) == r["label"] for r in rows]})
     out = frame.groupby("label")["hit"].agg(images="size", recall="mean").reset_index()
     return out.sort_values(["recall", "images"], ascending=[True, False]).reset_index(drop=True)
 
@@ -290,14 +296,18 @@ def smooth(values: list[float], weight: float = SMOOTHING) -> list[float]:
     return out
 
 
+def reward_terms(keys) -> list[str]:
+    """The ``reward/<term>`` keys among ``keys`` (metric names, table columns), in order, without their ``_std``."""
+    return [k for k in keys if k.startswith("reward/") and not k.endswith("_std")]
+
+
 def curve_keys(metrics) -> list[str]:
     """The stage's curves: ``CURVES`` then every reward term it logged (``reward/<name>``, not its ``_std``).
 
     >>> curve_keys({"train/loss": 1, "reward/total": 1, "reward/format": 1, "reward/format_std": 1, "val/loss": 1})
     ['train/loss', 'reward/total', 'reward/format']
     """
-    terms = sorted(k for k in metrics if k.startswith("reward/") and not k.endswith("_std") and k not in CURVES)
-    return [k for k in CURVES if k in metrics] + terms
+    return [k for k in CURVES if k in metrics] + sorted(k for k in reward_terms(metrics) if k not in CURVES)
 
 
 def curves_figure(client, stage) -> str | None:

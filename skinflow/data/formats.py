@@ -238,3 +238,20 @@ def image_files(md5hashes, folder) -> list[str | None]:
 
     names = {entry.name for entry in os.scandir(folder)}
     return [next((f"{m}{s}" for s in IMAGE_SUFFIXES if f"{m}{s}" in names), None) for m in md5hashes]
+
+
+PARSED_SEPARATOR = "; "  # the prediction table's ``parsed`` column: the ranked labels, best first
+
+
+def join_parsed(labels: list[str]) -> str:
+    """The ``parsed`` cell of a prediction row (``SkinflowStage.prediction_rows``) for ranked ``labels``."""
+    return PARSED_SEPARATOR.join(labels)
+
+
+def split_parsed(cell: object) -> list[str]:
+    """The ranked labels of a ``parsed`` cell, best first; [] for an empty or missing cell.
+
+    >>> split_parsed(join_parsed(["eczema", "psoriasis"])), split_parsed(""), split_parsed(None)
+    (['eczema', 'psoriasis'], [], [])
+    """
+    return [label.strip() for label in str(cell or "").split(PARSED_SEPARATOR.strip()) if label.strip()]

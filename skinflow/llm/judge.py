@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from skinflow.data.formats import split_parsed
 from skinflow.data.ontology import ONTOLOGY, synonym_group
 from skinflow.llm.client import EndpointError, Usage, chat, make_client
 
@@ -154,7 +155,7 @@ def judge_rows(client, model: str, rows: list[dict], runs: int = 3, cache: Cache
 
     usage = usage or Usage()
     start = time.monotonic()
-    answers = [[a.strip() for a in str(row.get("parsed") or "").split(";") if a.strip()] for row in rows]
+    answers = [split_parsed(row.get("parsed")) for row in rows]
     jobs = [(i, r, judge_messages(row["label"], answers[i])) for i, row in enumerate(rows) for r in range(runs)]
 
     def ask(job) -> tuple[int, int, dict | None]:

@@ -22,7 +22,7 @@ from torch import nn
 from torchmetrics import MeanMetric, Metric
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from skinflow.data.formats import CAPTION_FIELDS, ParsedAnswer, Target, parse_answer, parse_caption
+from skinflow.data.formats import CAPTION_FIELDS, ParsedAnswer, Target, join_parsed, parse_answer, parse_caption
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.errors import UserError
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
@@ -123,7 +123,7 @@ def prediction_rows(completions: list[str], answers: list[ParsedAnswer], targets
     for i, (text, answer, t) in enumerate(zip(completions, answers, targets)):
         fields, _ = parse_caption(text)
         rows.append({"md5hash": t.md5hash, "label": t.label, "fitzpatrick": t.fitzpatrick, "completion": text,
-                     "parsed": "; ".join(answer.labels), "status": answer.status, "graded_at_1": float(at1[i]),
+                     "parsed": join_parsed(answer.labels), "status": answer.status, "graded_at_1": float(at1[i]),
                      "graded_at_6": float(at6[i]), **{f"caption/{f}": fields.get(f, "") for f in CAPTION_FIELDS}})
     return rows
 
