@@ -23,6 +23,7 @@ from torchmetrics import MeanMetric, Metric
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from skinflow.data.formats import CAPTION_FIELDS, ParsedAnswer, Target, join_parsed, parse_answer, parse_caption
+from skinflow.data.names import file_stem
 from skinflow.data.ontology import ONTOLOGY
 from skinflow.errors import UserError
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
@@ -260,7 +261,7 @@ class SkinflowStage(LightningModule):
         if not self.trainer.is_global_zero or not rows:
             return
         logger = self.logger if self.logger is not None and hasattr(self.logger, "run_id") else None
-        name = logger.run_id if logger is not None else "predict"
+        name = file_stem(logger.run_id, "predict") if logger is not None else "predict"  # a run id stays one folder name
         path = Path(self.trainer.default_root_dir or ".") / "predictions" / name / "predict.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_csv(path, index=False)
