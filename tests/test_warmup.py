@@ -40,14 +40,25 @@ def test_weighted_loss_with_unit_weight_equals_the_model_loss(batch, tiny):
 
 def test_teacher_forced_loss_on_the_target_window_equals_the_full_logits_loss(batch):
     """The stage runs the LM head on the trailing target window only; the loss is that of the full logits."""
-    stage = WarmupStage()
+    torch.manual_seed(0)
+    stage = WarmupStage()  # full training: the LM head's weight gets a gradient too
     inputs = stage.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
-    with torch.no_grad():
-        full = weighted_token_loss(stage.model(**inputs).logits, batch["labels"], batch["content_mask"], 10.0)
-        windowed = stage.teacher_forced_loss(batch, 10.0)
+
+    def loss_and_grads(loss_fn):
+        stage.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in stage.named_parameters() if p.grad is not None}
+
+    full, g_full = loss_and_grads(lambda: weighted_token_loss(stage.model(**inputs).logits, batch["labels"],
+                                                              batch["content_mask"], 10.0))
+    windowed, g_windowed = loss_and_grads(lambda: stage.teacher_forced_loss(batch, 10.0))
     lengths = (batch["labels"] != -100).sum(1)
     assert lengths.min() < lengths.max()  # targets of different lengths: the window is the longest one's
     assert torch.allclose(windowed, full, atol=1e-6)
+    assert g_full.keys() == g_windowed.keys() and any("lm_head" in n or "embed_tokens" in n for n in g_full)
+    for name, g in g_full.items():
+        assert torch.allclose(g_windowed[name], g, atol=1e-5 * float(g.abs().max()) + 1e-9), name
 
 
 def test_weighted_loss_matches_a_plain_loop():

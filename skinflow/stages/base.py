@@ -32,9 +32,11 @@ from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize, backbone_
 from skinflow.models.dve import DVESpec
 from skinflow.models.generation import as_id_list
 from skinflow.models.unwrap import bare_model
+from skinflow.rl.logprobs import chunked_token_logprobs, rows_per_chunk
 from skinflow.rl.rewards import REWARDS, RewardSpec
 
 SAMPLE_TABLE_ROWS = 16
+LOGPROB_CHUNK_MIB = 64  # fp32 logits per LM-head chunk in the teacher-forced loss (``skinflow.rl.logprobs``)
 # the dataclasses a stage's hyperparameters hold: a checkpoint being resumed (``--ckpt_path``) then loads with
 # torch's safe ``weights_only`` unpickler instead of failing on them
 torch.serialization.add_safe_globals([BackboneSpec, LoRASpec, DVESpec, TinySize, RewardSpec, GradingSpec])
@@ -66,6 +68,18 @@ def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, content: tor
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, L-1)
     weights = (labels != -100).float() * torch.where(content, content_weight, 1.0)
     return (ce * weights).sum() / weights.sum().clamp(min=1)
+
+
+def weighted_nll(logp: torch.Tensor, valid: torch.Tensor, content: torch.Tensor, content_weight: float) -> torch.Tensor:
+    """The weighted mean of -log p over valid positions, weights 1 (format) or ``content_weight`` (content); all
+    (B, L). ``weighted_token_loss`` on logits, from log-probabilities already taken.
+
+    >>> weighted_nll(torch.tensor([[-1.0, -2.0, -9.0]]), torch.tensor([[True, True, False]]),
+    ...              torch.tensor([[False, True, True]]), 3.0).item()
+    1.75
+    """
+    weights = valid.float() * torch.where(content, content_weight, 1.0)
+    return -(logp * weights).sum() / weights.sum().clamp(min=1)
 
 
 def target_window(labels: torch.Tensor) -> int:
@@ -323,11 +337,20 @@ class SkinflowStage(LightningModule):
         logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"samples/{self.metric_prefix}{split}_epoch{self.current_epoch:03d}.json")
 
     def teacher_forced_loss(self, batch: dict, content_weight: float = 1.0) -> torch.Tensor:
-        """Cross-entropy of the target tokens, content tokens weighted by ``content_weight`` (1: plain mean)."""
+        """Cross-entropy of the target tokens, content tokens weighted by ``content_weight`` (1: plain mean).
+
+        The LM head runs only on the target positions, ``LOGPROB_CHUNK_MIB`` of logits at a time
+        (``skinflow.rl.logprobs``): equal to ``weighted_token_loss`` on full logits, without (B, L, V) tensors."""
         inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
-        keep = target_window(batch["labels"])
-        logits = self.model(**inputs, logits_to_keep=keep, use_cache=False).logits  # scoring only: no KV cache
-        return weighted_token_loss(logits, batch["labels"][:, -keep:], batch["content_mask"][:, -keep:], content_weight)
+        L, keep = batch["labels"].shape[1], target_window(batch["labels"])
+        core = bare_model(self.model)
+        hidden = core.model(**inputs, use_cache=False).last_hidden_state[:, L - keep:L - 1]  # (B, keep-1, H); no KV cache
+        labels, content = batch["labels"][:, L - keep + 1:], batch["content_mask"][:, L - keep + 1:]  # token t+1 at t
+        valid = labels != -100
+        head = core.lm_head
+        logp, _ = chunked_token_logprobs(hidden, head.weight, labels.clamp(min=0), valid,
+                                         chunk_rows=rows_per_chunk(head.out_features, LOGPROB_CHUNK_MIB), bias=head.bias)
+        return weighted_nll(logp, valid, content, content_weight)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

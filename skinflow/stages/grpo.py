@@ -36,9 +36,11 @@ import torch
 
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
+from skinflow.models.unwrap import bare_model
 from skinflow.models.reference import disable_dropout, snapshot_trainable, swapped_parameters
 from skinflow.errors import ConfigError
 from skinflow.rl.grpo import LOSS_WEIGHTS, AdvantageScale, LossName, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
+from skinflow.rl.logprobs import chunked_token_logprobs, rows_per_chunk
 from skinflow.rl.credit import completion_token_fields, field_token_advantages, tied_field_groups
 from skinflow.rl.rewards import FIELD_TERMS, RewardSpec, combined_reward
 from skinflow.rl.rollout import Rollout, completion_mask, shared_image_features
@@ -71,6 +73,9 @@ class GRPOStage(SkinflowStage):
         beta: weight of the k3 KL to the reference; 0 skips the reference pass.
         num_iterations: mu, optimisation passes (optimizer steps) over each rollout.
         micro_batch_size: sequences per forward/backward (gradient accumulation); ``None``: the whole rollout.
+        logprob_chunk_mib: the LM head runs on as many completion positions at a time as fit this many MiB of fp32
+            logits (``skinflow.rl.logprobs``), so no (micro-batch, T, V) logits exist in any scoring pass; 0: the
+            full-logits computation (for comparison; about five vocabulary-sized copies per micro-batch).
         drop_tied_groups: leave out of the loss the groups whose rewards all tie (they have zero advantage but
             still carry KL and length in the average); they are counted in ``rl/frac_zero_std_groups`` either way.
             When every group of a batch ties there is no policy signal: with beta > 0 the step runs on the KL
@@ -104,6 +109,7 @@ class GRPOStage(SkinflowStage):
         beta: float = 0.04,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
+        logprob_chunk_mib: float = 64.0,
         drop_tied_groups: bool = True,
         credit: Credit = "sequence",
         lr: float = 1e-6,
@@ -122,6 +128,8 @@ class GRPOStage(SkinflowStage):
             raise ConfigError(f"num_iterations={num_iterations}: mu, the optimisation passes per rollout, must be at least 1")
         if micro_batch_size is not None and micro_batch_size < 1:
             raise ConfigError(f"micro_batch_size={micro_batch_size} must be at least 1 (or null: the whole rollout)")
+        if logprob_chunk_mib < 0:
+            raise ConfigError(f"logprob_chunk_mib={logprob_chunk_mib} must be >= 0 (0: full logits)")
         if group_size < 2:
             raise ConfigError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
         super().__init__(backbone, max_new_tokens, init_from, grading)
@@ -241,7 +249,7 @@ class GRPOStage(SkinflowStage):
     def sampler_and_scorer_logprobs(self, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A fidelity check of one rollout: (sampler log-probs (N, T), scorer log-probs (N, T), completion mask).
         The sampler's come from ``generate``'s processed scores under the rollout's own arguments (the distribution
-        it drew from), the scorer's from the training forward (``completion_logits``) in the stage's current mode.
+        it drew from), the scorer's from the training forward (``completion_logprobs``) in the stage's current mode.
         They agree when nothing but temperature and the suppressed placeholders shapes sampling and no dropout
         is active; ``benchmarks/checkout_fidelity.py`` and the stand-in tests use it."""
         inputs = self.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
@@ -258,21 +266,45 @@ class GRPOStage(SkinflowStage):
             raise RuntimeError("the check's generate call drew other tokens than the rollout under the same seed")
         sampler = token_logprobs(torch.stack(out.scores, 1)[:, :T], rollout.completion_ids)
         with torch.no_grad():
-            scorer = token_logprobs(self.completion_logits(self.model, rollout), rollout.completion_ids, self.hparams.temperature)
+            scorer = self.completion_logprobs(self.model, rollout)[0]
         return sampler, scorer, mask
 
-    def completion_logits(self, model: torch.nn.Module, part: Rollout) -> torch.Tensor:
-        """Next-token logits at each completion position: (n, T, V). Each distinct image of ``part`` goes through
-        ``model``'s vision encoder once (``shared_image_features``), not once per completion."""
-        T = part.completion_ids.shape[1]
+    def completion_inputs(self, model: torch.nn.Module, part: Rollout) -> dict:
+        """Forward arguments of prompt + completion for ``part``. Each distinct image goes through ``model``'s vision
+        encoder once (``shared_image_features``), not once per completion."""
         ids = torch.cat([part.prompt_ids, part.completion_ids], dim=1)  # (n, Lp + T)
         mask = torch.cat([part.prompt_mask, part.completion_mask.long()], dim=1)
         features = shared_image_features(partial(self.encode_images, model), part.pixel_values, part.image_grid_thw,
                                          part.image_index)
-        inputs = self.model_inputs(ids, mask, None, part.sequence_grid_thw, features)
+        return self.model_inputs(ids, mask, None, part.sequence_grid_thw, features)
+
+    def completion_logits(self, model: torch.nn.Module, part: Rollout) -> torch.Tensor:
+        """Next-token logits at each completion position: (n, T, V), the full-logits path (``logprob_chunk_mib: 0``)
+        and the reference the chunked one is tested against."""
+        T = part.completion_ids.shape[1]
+        inputs = self.completion_inputs(model, part)
         logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1]  # position t predicts token t+1
         # the sampler never draws the image/video placeholders (``generation_kwargs``): score with the same support
         return logits.index_fill(-1, self.placeholder_ids(logits.device), float("-inf"))
+
+    def completion_logprobs(self, model: torch.nn.Module, part: Rollout,
+                            with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """log pi(completion token) at the stage's temperature, placeholders suppressed, and (``with_entropy``) the
+        detached entropy of pi: (n, T) each. Chunked from the final hidden states (``skinflow.rl.logprobs``), or
+        from full logits when ``logprob_chunk_mib`` is 0; both are 0 after each completion's end in the chunked
+        path (those positions carry no loss weight either way)."""
+        temperature, chunk_mib = self.hparams.temperature, self.hparams.logprob_chunk_mib
+        if not chunk_mib:
+            logits = self.completion_logits(model, part)  # (n, T, V)
+            entropy = token_entropy(logits.detach(), temperature) if with_entropy else torch.zeros_like(logits[..., 0])
+            return token_logprobs(logits, part.completion_ids, temperature), entropy
+        T = part.completion_ids.shape[1]
+        core = bare_model(model)
+        hidden = core.model(**self.completion_inputs(model, part), use_cache=False).last_hidden_state[:, -T - 1:-1]  # (n, T, H)
+        head = core.lm_head
+        return chunked_token_logprobs(hidden, head.weight, part.completion_ids, part.completion_mask, temperature,
+                                      self.placeholder_ids(hidden.device), rows_per_chunk(head.out_features, chunk_mib),
+                                      with_entropy, head.bias)
 
     def placeholder_ids(self, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.processor.placeholder_token_ids, device=device, dtype=torch.long)
@@ -281,8 +313,7 @@ class GRPOStage(SkinflowStage):
     def reference_logprobs(self, part: Rollout) -> torch.Tensor:
         """Log-probabilities under the stage's starting policy: the snapshot lent to the live model."""
         with swapped_parameters(self, self._reference_weights):
-            logits = self.completion_logits(self.model, part)
-        return token_logprobs(logits, part.completion_ids, self.hparams.temperature)
+            return self.completion_logprobs(self.model, part)[0]
 
     def optimise(self, rollout: Rollout, advantages: torch.Tensor) -> dict[str, float]:
         """mu optimizer steps over the kept sequences; advantages (n,) or per token (n, T). Returns token-mean statistics."""
@@ -296,22 +327,21 @@ class GRPOStage(SkinflowStage):
         old = [None] * len(parts)
         if hp.num_iterations > 1:
             with torch.no_grad(), self.phase("old_logprobs"):
-                old = [token_logprobs(self.completion_logits(self.model, p), p.completion_ids, hp.temperature) for p in parts]
+                old = [self.completion_logprobs(self.model, p)[0] for p in parts]
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         sums: dict[str, float] = {}
         clipped = counted = 0.0  # over every pass: pass 1 clips nothing (ratio 1), later passes do
         for iteration in range(hp.num_iterations):
             for c, part, ref_lp, old_lp in zip(chunks, parts, ref, old):
                 with self.phase("policy_forward"):
-                    logits = self.completion_logits(self.model, part)  # (m, T, V)
-                    logp = token_logprobs(logits, part.completion_ids, hp.temperature)  # (m, T)
+                    logp, entropy = self.completion_logprobs(self.model, part, with_entropy=iteration == 0)  # (m, T) each
                     loss, s = policy_loss(logp, logp.detach() if old_lp is None else old_lp, ref_lp, advantages[c],
                                           weights[c], hp.eps_low, hp.eps_high, hp.beta)
                 with self.phase("backward"):
                     self.manual_backward(loss)
                 clipped, counted = clipped + float(s["clipped"]), counted + float(s["tokens"])
                 if iteration == 0:
-                    s["entropy"] = (token_entropy(logits.detach(), hp.temperature) * part.completion_mask).sum()
+                    s["entropy"] = (entropy * part.completion_mask).sum()
                     s["loss"] = loss.detach()
                     for key, value in s.items():
                         sums[key] = sums.get(key, 0.0) + float(value)
