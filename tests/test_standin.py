@@ -216,9 +216,9 @@ def test_generation_stops_on_every_eos_id_of_the_checkout(qwen_standin):
     batch = mixed_prompt_batch(stage.processor, sides=((112, 112), (112, 140)))
     inputs = stage.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
     wants_endoftext = {"sequence_bias": {(151643,): 100.0}}
-    out = stage.model.generate(**inputs, **stage.sampling_kwargs(), **wants_endoftext)
+    out = stage.model.generate(**inputs, **stage.sampling().generate_kwargs(), **wants_endoftext)
     tokens = out[:, batch["prompt_ids"].shape[1]:]
     mask, clipped = completion_mask(tokens, stage.stop_token_ids)
     assert tokens.shape[1] == 1 and (tokens[:, 0] == 151643).all() and mask.sum(1).tolist() == [1] * 4
-    kwargs = {**stage.sampling_kwargs(), "eos_token_id": stage.processor.tokenizer.eos_token_id}
+    kwargs = {**stage.sampling().generate_kwargs(), "eos_token_id": stage.processor.tokenizer.eos_token_id}
     assert stage.model.generate(**inputs, **kwargs, **wants_endoftext).shape[1] == batch["prompt_ids"].shape[1] + 5

@@ -2,8 +2,9 @@
 
 One ``training_step`` per batch of B images (manual optimisation):
 
-1. sample G completions per image with HF ``generate`` (temperature, top-p, ``max_new_tokens``), each image
-   encoded once for its G completions (here and in every log-probability pass);
+1. sample G completions per image through the stage's rollout engine (``skinflow.rl.engines``: HF ``generate``,
+   or a static cache with a compiled decode step; temperature, top-p, ``max_new_tokens``), each image encoded once
+   for its G completions (here and in every log-probability pass);
 2. score them with the configured rewards (``skinflow.rl.rewards``) -> (B, G);
 3. group advantages (std-normalised or mean-only), one per completion or, with ``credit: field``, one per token
    (each caption line gets its own field's term, ``skinflow.rl.credit``), and the groups with no signal;
@@ -14,7 +15,7 @@ One ``training_step`` per batch of B images (manual optimisation):
    rollout, so any split gives the same gradient);
 6. log rewards, KL, clipping, entropy, lengths; every ``table_every`` steps a rollout table to MLflow.
 
-Sampler and scorer use one distribution: ``generate`` applies only temperature, top-p, top-k 0 and the suppressed
+Sampler and scorer use one distribution: the engine applies only temperature, top-p, top-k 0 and the suppressed
 placeholders (the checkpoint's generation config is neutralised, ``skinflow.models.generation``), and the scorer
 applies the same temperature and suppression. RL stages run without dropout (``disable_dropout``), since the
 sampler runs in eval mode and the scorer in train mode. ``top_p < 1`` samples from a truncated distribution the
@@ -40,6 +41,7 @@ from skinflow.models.unwrap import bare_model
 from skinflow.models.reference import disable_dropout, snapshot_trainable, swapped_parameters
 from skinflow.errors import ConfigError
 from skinflow.rl.grpo import LOSS_WEIGHTS, AdvantageScale, LossName, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
+from skinflow.rl.engines import EngineOutput, Prompts, Sampling, build_engine
 from skinflow.rl.logprobs import chunked_token_logprobs, rows_per_chunk
 from skinflow.rl.credit import completion_token_fields, field_token_advantages, tied_field_groups
 from skinflow.rl.rewards import FIELD_TERMS, RewardSpec, combined_reward
@@ -73,6 +75,11 @@ class GRPOStage(SkinflowStage):
         beta: weight of the k3 KL to the reference; 0 skips the reference pass.
         num_iterations: mu, optimisation passes (optimizer steps) over each rollout.
         micro_batch_size: sequences per forward/backward (gradient accumulation); ``None``: the whole rollout.
+        rollout_engine: how rollouts are sampled (``skinflow.rl.engines``): ``hf`` (transformers ``generate``),
+            ``compiled`` (static KV cache and a compiled decode step), a name given to ``register_engine``, or a
+            ``module:Class`` path.
+        rollout_options: keyword arguments of the engine, e.g. ``{bucket: 64}`` for ``compiled`` (prompts padded
+            to a multiple of 64 tokens, one compiled shape per bucket).
         logprob_chunk_mib: the LM head runs on as many completion positions at a time as fit this many MiB of fp32
             logits (``skinflow.rl.logprobs``), so no (micro-batch, T, V) logits exist in any scoring pass; 0: the
             full-logits computation (for comparison; about five vocabulary-sized copies per micro-batch).
@@ -109,6 +116,8 @@ class GRPOStage(SkinflowStage):
         beta: float = 0.04,
         num_iterations: int = 1,
         micro_batch_size: int | None = None,
+        rollout_engine: str = "hf",
+        rollout_options: dict | None = None,
         logprob_chunk_mib: float = 64.0,
         drop_tied_groups: bool = True,
         credit: Credit = "sequence",
@@ -133,6 +142,7 @@ class GRPOStage(SkinflowStage):
         if group_size < 2:
             raise ConfigError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
         super().__init__(backbone, max_new_tokens, init_from, grading)
+        self.engine = build_engine(rollout_engine, rollout_options)
         self.rewards = list(rewards or [RewardSpec("ranked_diagnosis")])
         if credit not in get_args(Credit):
             raise ConfigError(f"credit={credit!r} is not 'sequence' or 'field'")
@@ -218,53 +228,51 @@ class GRPOStage(SkinflowStage):
 
     @torch.no_grad()
     def rollout(self, batch: dict) -> Rollout:
-        """G sampled completions per image, in eval mode (KV cache on even with gradient checkpointing).
-
-        ``num_return_sequences=G`` lets ``generate`` encode each image once and expand the prompt, its image
-        features and cache G times (image-major, as ``skinflow.rl.rollout`` expects)."""
+        """G sampled completions per image from the stage's rollout engine, in eval mode (KV cache on even with
+        gradient checkpointing), cut at the first stop id and padded after it."""
         G = self.hparams.group_size
         B = batch["prompt_ids"].shape[0]
-        was_training = self.model.training
-        self.model.eval()
-        out = self.model.generate(
-            **self.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"]),
-            **self.sampling_kwargs(),
-        )
-        self.model.train(was_training)
+        tokens = self.sample(batch).tokens  # (N, T) image-major
         prompt_ids = batch["prompt_ids"].repeat_interleave(G, dim=0)  # (N, Lp)
-        tokens = out[:, prompt_ids.shape[1]:]  # (N, T)
         mask, clipped = completion_mask(tokens, self.stop_token_ids)
         tokens = tokens.masked_fill(~mask, self.processor.tokenizer.pad_token_id)
         image_index = torch.arange(B, device=prompt_ids.device).repeat_interleave(G)  # (N,)
         return Rollout(prompt_ids, batch["prompt_mask"].repeat_interleave(G, dim=0), batch["pixel_values"],
                        batch["image_grid_thw"], image_index, tokens, mask, clipped, self.processor.decode(tokens))
 
-    def sampling_kwargs(self) -> dict:
-        """``generate`` arguments of the rollout: G samples per prompt at the stage's temperature and top-p, no
-        top-k, the placeholders suppressed; nothing from the checkpoint's generation config."""
+    def sample(self, batch: dict, return_scores: bool = False) -> EngineOutput:
+        """The engine's raw sample of the batch under the stage's ``sampling()``, the model in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return self.engine.sample(self.model, Prompts(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"],
+                                                              batch["image_grid_thw"], self.processor.image_token_id),
+                                          self.sampling(), return_scores)
+        finally:
+            self.model.train(was_training)
+
+    def sampling(self) -> Sampling:
+        """The rollout's distribution: G samples per prompt at the stage's temperature and top-p, no top-k, the
+        placeholders suppressed, the checkout's stop ids; nothing from the checkpoint's generation config."""
         hp = self.hparams
-        return {"do_sample": True, "num_return_sequences": hp.group_size, "temperature": hp.temperature,
-                "top_p": hp.top_p, "top_k": 0, **self.generation_kwargs()}
+        return Sampling(hp.group_size, self.max_new_tokens, hp.temperature, hp.top_p, True, tuple(self.stop_token_ids),
+                        self.processor.tokenizer.pad_token_id, tuple(self.processor.placeholder_token_ids))
 
     def sampler_and_scorer_logprobs(self, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A fidelity check of one rollout: (sampler log-probs (N, T), scorer log-probs (N, T), completion mask).
-        The sampler's come from ``generate``'s processed scores under the rollout's own arguments (the distribution
+        The sampler's come from the engine's processed scores under the rollout's own arguments (the distribution
         it drew from), the scorer's from the training forward (``completion_logprobs``) in the stage's current mode.
         They agree when nothing but temperature and the suppressed placeholders shapes sampling and no dropout
         is active; ``benchmarks/checkout_fidelity.py`` and the stand-in tests use it."""
-        inputs = self.model_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["pixel_values"], batch["image_grid_thw"])
         torch.manual_seed(seed)
         rollout = self.rollout(batch)
-        was_training = self.model.training
-        self.model.eval()
         torch.manual_seed(seed)
-        with torch.no_grad():
-            out = self.model.generate(**inputs, **self.sampling_kwargs(), output_scores=True, return_dict_in_generate=True)
-        self.model.train(was_training)
+        out = self.sample(batch, return_scores=True)
         T, mask = rollout.completion_ids.shape[1], rollout.completion_mask
-        if not torch.equal(out.sequences[:, -T:][mask], rollout.completion_ids[mask]):
-            raise RuntimeError("the check's generate call drew other tokens than the rollout under the same seed")
-        sampler = token_logprobs(torch.stack(out.scores, 1)[:, :T], rollout.completion_ids)
+        if not torch.equal(out.tokens[:, :T][mask], rollout.completion_ids[mask]):
+            raise RuntimeError("the check's sample drew other tokens than the rollout under the same seed")
+        sampler = token_logprobs(out.scores[:, :T], rollout.completion_ids)
         with torch.no_grad():
             scorer = self.completion_logprobs(self.model, rollout)[0]
         return sampler, scorer, mask
