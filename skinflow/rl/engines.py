@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from skinflow.errors import ConfigError
+from skinflow.rl.rollout import repeat_images
 
 
 @dataclass
@@ -47,10 +48,10 @@ class Sampling:
 
     def generate_kwargs(self) -> dict:
         """transformers ``generate`` arguments for this distribution (top-k 0: no top-k)."""
-        kwargs = {"do_sample": self.do_sample, "num_return_sequences": self.group_size, "max_new_tokens": self.max_new_tokens,
-                  "pad_token_id": self.pad_id, "eos_token_id": list(self.eos_ids), "suppress_tokens": list(self.suppressed)}
-        if self.do_sample:
-            kwargs.update(temperature=self.temperature, top_p=self.top_p, top_k=0)
+        kwargs = {"do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens, "pad_token_id": self.pad_id,
+                  "eos_token_id": list(self.eos_ids), "suppress_tokens": list(self.suppressed)}
+        if self.do_sample:  # greedy refuses num_return_sequences: ``Prompts.repeated`` expands the prompts instead
+            kwargs.update(num_return_sequences=self.group_size, temperature=self.temperature, top_p=self.top_p, top_k=0)
         return kwargs
 
 
@@ -63,6 +64,13 @@ class Prompts:
     pixel_values: torch.Tensor  # (sum_b patches_b, D)
     image_grid_thw: torch.Tensor  # (B, 3)
     image_token_id: int
+
+    def repeated(self, group: int) -> "Prompts":
+        """Each prompt and its image ``group`` times, image-major (what ``num_return_sequences`` does inside
+        ``generate``)."""
+        pixels, grid = repeat_images(self.pixel_values, self.image_grid_thw, group)
+        return Prompts(self.ids.repeat_interleave(group, 0), self.mask.repeat_interleave(group, 0), pixels, grid,
+                       self.image_token_id)
 
     def model_inputs(self) -> dict:
         """Keyword arguments of Qwen2.5-VL's ``generate`` (``mm_token_type_ids``: 3-D rotary positions from the grid)."""
@@ -84,6 +92,8 @@ class HFEngine:
 
     @staticmethod
     def _generate(model, prompts: Prompts, sampling: Sampling, return_scores: bool, **extra) -> EngineOutput:
+        if not sampling.do_sample and sampling.group_size > 1:
+            prompts = prompts.repeated(sampling.group_size)
         out = model.generate(**prompts.model_inputs(), **sampling.generate_kwargs(), **extra,
                              output_scores=return_scores, return_dict_in_generate=True)
         tokens = out.sequences[:, prompts.ids.shape[1]:]
