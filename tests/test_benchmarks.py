@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -35,8 +37,13 @@ def test_gpu_scale_takes_a_checkout_folder_and_times_every_phase(qwen_standin):
     # every phase was timed (the script indexes them, a missing one raises); the heavy ones take measurable time,
     # the optimizer step may round to zero on a fast machine
     assert all(phases[name] > 0 for name in ("rollout", "reference", "policy_forward", "backward"))
-    assert phases["optimizer"] >= 0
     assert lines[-1].startswith("step total") and float(lines[-1].split()[2]) >= sum(phases.values()) * 0.9
+    # generated tokens: 2 images x G 4 x at most 16 new tokens; the step's rate is tokens / step seconds
+    tokens = float(next(line for line in lines if line.startswith("generated tokens")).split()[-1])
+    assert 8 <= tokens <= 2 * 4 * 16
+    rate = float(next(line for line in lines if line.startswith("step tokens/s/GPU")).split()[-1])
+    assert rate == pytest.approx(tokens / float(lines[-1].split()[2]), rel=0.02, abs=1)
+    assert "peak RSS" in out
 
 
 def test_grpo_vs_trl_refuses_clearly_without_trl_or_prints_a_ratio():
@@ -97,3 +104,18 @@ def test_learning_over_seeds_reads_each_cells_start_and_end_from_the_store(ablat
         mean = re.search(r"stage2 test graded_top6: gain (\S+) ± (\S+) over 2 seeds, improved in (\d)/2", section)
         assert mean and float(mean.group(1)) == round(statistics.mean(gains), 4)
         assert int(mean.group(3)) == sum(g > 0 for g in gains)
+
+
+@pytest.mark.slow
+def test_grpo_step_scale_prints_each_scoring_side_by_side(qwen_standin):
+    out = run("grpo_step_scale.py", "--no-trl", "--new-tokens", "4", "--checkout", str(qwen_standin))
+    table = {line.split()[0]: line for line in out.splitlines() if line.startswith(("full", "chunked"))}
+    assert {"full", "chunked"} <= set(table)
+    assert out.strip().splitlines()[-1].startswith("chunked growth micro-batch 1 -> 8:")
+
+
+@pytest.mark.slow
+def test_rollout_decode_prints_a_ratio_per_sequence_count(qwen_standin):
+    out = run("rollout_decode.py", "--sequences", "4", "--new-tokens", "4", "--repeats", "1", "--checkout", str(qwen_standin))
+    assert "first compiled call" in out
+    assert out.strip().splitlines()[-1].startswith("  ratio compiled/hf at N=4:")
