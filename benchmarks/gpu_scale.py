@@ -103,6 +103,9 @@ def print_step(step: dict) -> None:
 
 def grid(stage: GRPOStage, ns, device: str) -> None:
     """Every lever on and off at 32 and 128 sequences, on one built model; one table."""
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one table, not a Trainer banner per cell
     G = stage.hparams.group_size
     levers = [("hf", 0.0), ("hf", 64.0), ("compiled", 0.0), ("compiled", 64.0)]
     print(f"{'seqs':>5s} {'engine':9s} {'chunk':>6s} {'rollout':>8s} {'ref':>7s} {'policy':>7s} {'backward':>8s} "

@@ -119,3 +119,11 @@ def test_rollout_decode_prints_a_ratio_per_sequence_count(qwen_standin):
     out = run("rollout_decode.py", "--sequences", "4", "--new-tokens", "4", "--repeats", "1", "--checkout", str(qwen_standin))
     assert "first compiled call" in out
     assert out.strip().splitlines()[-1].startswith("  ratio compiled/hf at N=4:")
+
+
+@pytest.mark.slow
+def test_gpu_scale_grid_prints_every_lever_on_and_off():
+    out = run("gpu_scale.py", "--tiny", "--grid", "--grid-sequences", "8", "--warmup", "0")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("8 ")]
+    assert {(row[1], row[2]) for row in rows} == {("hf", "0"), ("hf", "64"), ("compiled", "0"), ("compiled", "64")}
+    assert out.strip().splitlines()[-1].startswith("EasyR1")
