@@ -17,7 +17,7 @@ from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from skinflow.errors import condense_parser_error  # noqa: E402
-from skinflow.resume import Preemption, DistributedFailure, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
+from skinflow.resume import Preemption, DistributedFailure, SigtermWatch, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
 from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
 from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
 
@@ -70,6 +70,13 @@ class SkinflowCLI(LightningCLI):
         if self.subcommand == "fit":
             resolve_resume(config, run_key(self._parser(self.subcommand), config),
                            config.trainer.default_root_dir or "mlruns", getattr(self, "recorded_run", None))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """The subcommand, then ``SigtermWatch.check``: a SIGTERM Lightning noted but did not raise (during an
+        evaluation's last batch, ``--test_after_fit``'s test) still ends the command with 143 and a KILLED run."""
+        with SigtermWatch() as watch:
+            super()._run_subcommand(subcommand)
+            watch.check(self.trainer, subcommand)
 
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit"):

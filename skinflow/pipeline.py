@@ -160,13 +160,11 @@ def find_parent(client, experiment_id: str, pipeline: Pipeline, resume: str):
         if run.data.tags.get("skinflow.stage") != "pipeline":
             raise PipelineError(f"--resume {resume}: run {resume} is not a pipeline's parent run")
         return run
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`skinflow.pipeline` = '{pipeline.source}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`skinflow.pipeline` = '{pipeline.source}' and "
+                              "attributes.status != 'FINISHED'", order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
-        raise PipelineError(f"--resume last: no earlier run of {pipeline.source} in experiment {pipeline.experiment_name!r}")
-    if runs[0].info.status == "FINISHED":
-        raise PipelineError(f"--resume last: the newest run of {pipeline.source}, {runs[0].info.run_id}, already "
-                            "finished; leave --resume out to start a new one")
+        raise PipelineError(f"--resume last: no unfinished run of {pipeline.source} in experiment "
+                            f"{pipeline.experiment_name!r}; leave --resume out to start a new one")
     return runs[0]
 
 
@@ -174,8 +172,12 @@ def close_run(client, run_id: str, error: BaseException) -> None:
     """Mark a run that an exception left RUNNING as KILLED (a signal) or FAILED."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    if client.get_run(run_id).info.status == "RUNNING":
-        client.set_terminated(run_id, "KILLED" if isinstance(error, (SIGTERMException, KeyboardInterrupt)) else "FAILED")
+    run = client.get_run(run_id)
+    signalled = isinstance(error, (SIGTERMException, KeyboardInterrupt))
+    if signalled and "skinflow.interrupted" not in run.data.tags:
+        client.set_tag(run_id, "skinflow.interrupted", "SIGTERM" if isinstance(error, SIGTERMException) else "SIGINT")
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, "KILLED" if signalled else "FAILED")
 
 
 def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dict[str, list[str]] | None = None,
@@ -191,7 +193,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     the interrupted stage continues its child run from its ``last.ckpt`` (or starts over in it, when it stopped
     before writing one)."""
     from skinflow.launcher import TRAINER_DEFAULTS, lightning_cli
-    from skinflow.resume import CONFIG_KEY_TAG, pipeline_config_key
+    from skinflow.resume import CONFIG_KEY_TAG, SigtermWatch, pipeline_config_key
     from skinflow.tracking.store import git_commit, open_experiment
 
     extra_args = extra_args or {}
@@ -221,8 +223,10 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     result = {"parent_run_id": parent_id, "children": {}, "checkpoints": {}, "table": {}, "tests": {}}
     previous: Path | None = None
     child_id = None
+    watch = SigtermWatch().__enter__()  # a SIGTERM at any phase, between stages included, stops the pipeline
     try:
         for stage in pipeline.stages:
+            watch.check(None, f"the pipeline before {stage.name}")
             if stage.skip or stage.name in skip:
                 client.set_tag(parent_id, f"skipped.{stage.name}", "true")
                 print(f"[pipeline] {stage.name}: skipped")
@@ -261,15 +265,19 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             if stage.evaluate_start and resume_from is None:
                 model.metric_prefix = "start/"
                 trainer.validate(model, datamodule=datamodule)
+                watch.check(trainer, f"{stage.name}'s starting validation")
                 if stage.test:
                     trainer.test(model, datamodule=datamodule)
+                    watch.check(trainer, f"{stage.name}'s starting test")
                 model.metric_prefix = ""
             trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+            watch.check(trainer, f"{stage.name}'s fit")
             trainer.save_checkpoint(checkpoint, weights_only=True)  # trainable weights + identity (on_save_checkpoint)
             result["checkpoints"][stage.name] = str(checkpoint)
             client.log_param(child_id, "handoff_checkpoint", str(checkpoint))
             if stage.test:
                 trainer.test(model, datamodule=datamodule)
+                watch.check(trainer, f"{stage.name}'s test")
             collect_stage(client, child_id, stage.name, result)
             client.set_tag(child_id, "skinflow.stage_done", "true")
             client.set_terminated(child_id, "FINISHED")
@@ -279,6 +287,8 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             close_run(client, child_id, error)  # a stage that failed before its trainer started stays RUNNING otherwise
         close_run(client, parent_id, error)
         raise
+    finally:
+        watch.__exit__()
     tested = [name for name in result["children"] if result["tests"].get(name)]
     if tested:
         log_metrics(client, parent_id, {f"final/{k}": v for k, v in result["tests"][tested[-1]].items()})

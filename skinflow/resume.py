@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -186,8 +188,48 @@ class Preemption(Callback):
             if trainer.is_global_zero:
                 logger.experiment.set_tag(logger.run_id, "skinflow.interrupted", f"{what} at step {trainer.global_step}")
         if trainer.is_global_zero:
+            again = "--resume last" if getattr(logger, "hold_finished", False) else "--ckpt_path last"  # a pipeline's
             print(f"\n[skinflow] {what} at step {trainer.global_step}: writing last.ckpt; resume with the same "
-                  "command plus --ckpt_path last")
+                  f"command plus {again}")
+
+
+class SigtermWatch:
+    """Ends the process on a SIGTERM at any phase, not only between training steps.
+
+    Lightning catches SIGTERM only while a trainer runs, and raises it only between training steps and between
+    evaluation batches other than the last: a signal during a test's last batch, while the next stage's model is
+    built, or between stages would be noted and then swallowed (or, outside a trainer, kill the process before
+    the run is marked). Inside this context a SIGTERM is noted (Lightning composes this handler with its own while
+    a trainer runs, so both see it); ``check`` after each trainer call and between stages then marks the run
+    ``KILLED`` with ``skinflow.interrupted`` and raises ``SIGTERMException`` (exit status 143 from the CLI)."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> "SigtermWatch":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.received = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def check(self, trainer, phase: str) -> None:
+        """Raise ``SIGTERMException`` if a SIGTERM came (here or to ``trainer``), marking ``trainer``'s MLflow run."""
+        if not (self.received or (trainer is not None and trainer.received_sigterm)):
+            return
+        logger = getattr(trainer, "logger", None)
+        step = trainer.global_step if trainer is not None else 0
+        if logger is not None and hasattr(logger, "run_id") and trainer.is_global_zero and logger.run_id:
+            logger.experiment.set_tag(logger.run_id, "skinflow.interrupted", f"SIGTERM during {phase} at step {step}")
+            logger.experiment.set_terminated(logger.run_id, "KILLED")
+        print(f"\n[skinflow] SIGTERM during {phase}: stopping (the run is marked KILLED)", file=sys.stderr)
+        raise SIGTERMException
 
 
 class DistributedFailure(Callback):

@@ -157,6 +157,46 @@ def test_pipeline_killed_in_stage1_resumes_there_in_the_same_runs(tmp_path, monk
     assert {"warmup/test/top1_exact", "stage2/test/top1_exact", "final/test/top1_exact"} <= set(
         client.get_run(parent.info.run_id).data.metrics)
     assert len(client.search_runs([experiment])) == 4  # one parent, three children: nothing started twice
-    with pytest.raises(PipelineError, match="already finished"):
+    with pytest.raises(PipelineError, match="no unfinished run"):
         run_demo(tmp_path, monkeypatch, "--resume", "last")
 
+
+
+class SigtermDuringTest(Callback):
+    """SIGTERM while one stage runs its test after fit: the last (only) test batch, where Lightning notes the
+    signal without raising it."""
+
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_test_batch_start(self, trainer, pl_module, *args) -> None:
+        if pl_module.stage_name == self.stage and not pl_module.metric_prefix:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_a_stages_test_stops_the_pipeline_with_its_runs_killed(tmp_path, monkeypatch, capsys):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from mlflow import MlflowClient
+
+    from skinflow import launcher as cli
+    from skinflow.pipeline import find_parent
+
+    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "callbacks", [*cli.TRAINER_DEFAULTS["callbacks"], SigtermDuringTest("warmup")])
+    with pytest.raises(SIGTERMException):
+        run_demo(tmp_path, monkeypatch)
+    assert "SIGTERM during warmup's test" in capsys.readouterr().err
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("skinflow-pipeline").experiment_id
+    (parent,) = client.search_runs([experiment], filter_string="tags.`skinflow.stage` = 'pipeline'")
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert [c.info.run_name for c in children] == ["warmup"]  # Stage I never started
+    (warmup,) = children
+    assert warmup.info.status == parent.info.status == "KILLED"
+    assert warmup.data.tags["skinflow.interrupted"].startswith("SIGTERM during warmup's test")
+    assert parent.data.tags["skinflow.interrupted"] == "SIGTERM"
+    # --resume last takes the newest *unfinished* run of the file, not a newer finished one
+    newer = client.create_run(experiment, run_name="newer", tags={"skinflow.stage": "pipeline",
+                                                                   "skinflow.pipeline": parent.data.tags["skinflow.pipeline"]})
+    client.set_terminated(newer.info.run_id, "FINISHED")
+    pipeline = load_pipeline(REPO / "configs/pipeline/demo.yaml")
+    assert find_parent(client, experiment, pipeline, "last").info.run_id == parent.info.run_id
