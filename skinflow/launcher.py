@@ -19,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa:
 from skinflow.errors import condense_parser_error  # noqa: E402
 from skinflow.resume import Preemption, DistributedFailure, SigtermWatch, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
 from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
+from skinflow.tracking.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
 
 PROG = "python -m skinflow"
@@ -70,6 +71,18 @@ class SkinflowCLI(LightningCLI):
         if self.subcommand == "fit":
             resolve_resume(config, run_key(self._parser(self.subcommand), config),
                            config.trainer.default_root_dir or "mlruns", getattr(self, "recorded_run", None))
+
+    def _instantiate_trainer(self, config: dict, callbacks: list):
+        """Checkpoint files renamed into place on their own file system (``AtomicCheckpointIO``), unless the config
+        names a checkpoint plugin of its own. Added here rather than as a parser default, so that the resolved
+        config (and the run key hashed from it) stays free of instances."""
+        from lightning.fabric.plugins import CheckpointIO
+
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def _run_subcommand(self, subcommand: str) -> None:
         """The subcommand, then ``SigtermWatch.check``: a SIGTERM Lightning noted but did not raise (during an

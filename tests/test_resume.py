@@ -229,3 +229,74 @@ def test_ckpt_path_file_continues_the_mlflow_run_the_file_came_from(tmp_path, mo
     client, again = only_run(tmp_path)
     assert again.info.run_id == first.info.run_id and again.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(again.info.run_id, "train/loss")) == [0, 1]
+
+
+def test_a_hard_kill_loses_at_most_one_epoch_and_the_resumed_run_logs_no_step_twice(tmp_path):
+    """SIGKILL (an OOM kill, a scheduler after its grace period) gives no chance to save: the CPU trainer file writes
+    last.ckpt at every epoch's end even when it validates only every 6 epochs, and the same command with
+    ``--ckpt_path last`` continues the run without logging the steps the killed process logged after it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-m", "skinflow", *WARMUP, "--trainer.max_epochs=6", "--trainer.check_val_every_n_epoch=6",
+            f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
+    child = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    deadline = time.time() + 240
+    logged = 0
+    while time.time() < deadline and child.poll() is None and logged < 6:  # into the second epoch (4 steps each)
+        time.sleep(0.2)
+        if db.exists():
+            try:
+                client, run = only_run(tmp_path)
+                logged = len(client.get_metric_history(run.info.run_id, "train/loss"))
+            except Exception:  # noqa: BLE001  the store or the run may not be there yet
+                continue
+    assert child.poll() is None, child.communicate()[0][-3000:]
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    client, run = only_run(tmp_path)
+    assert run.info.status == "RUNNING"  # nobody could mark it
+    killed_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    last = checkpoint_folder(tmp_path / "mlruns", run.info.experiment_id, run.info.run_id) / "last.ckpt"
+    saved_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert saved_at % 4 == 0 and saved_at >= 4 and max(killed_steps) - saved_at < 4  # at most one epoch lost
+    assert max(killed_steps) >= saved_at  # steps after the checkpoint were logged: the resume must not repeat them
+    assert not list(last.parent.glob(".*.tmp"))  # no temporary file left beside it
+    done = subprocess.run([*args, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "those steps are not logged again" in done.stdout
+    client, resumed = only_run(tmp_path)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == list(range(24))  # every step once
+
+
+def test_checkpoints_are_renamed_into_place_beside_their_target(tmp_path, monkeypatch):
+    from skinflow.tracking import checkpoint_io
+    from skinflow.tracking.checkpoint_io import AtomicCheckpointIO
+
+    target = tmp_path / "ckpt" / "last.ckpt"
+    moves = []
+    real_replace = os.replace
+    monkeypatch.setattr(checkpoint_io.os, "replace", lambda a, b: (moves.append((a, b)), real_replace(a, b)))
+    AtomicCheckpointIO().save_checkpoint({"global_step": 3}, target)
+    assert torch.load(target, weights_only=False) == {"global_step": 3}
+    (source, destination), = moves
+    assert os.path.dirname(source) == str(target.parent) and destination == target  # one file system: atomic
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        AtomicCheckpointIO().save_checkpoint({"global_step": 4}, target)
+    assert torch.load(target, weights_only=False) == {"global_step": 3}  # the old checkpoint, whole
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # and no temporary file
+
+
+def test_the_cli_trainer_saves_through_the_atomic_checkpoint_io(tmp_path, monkeypatch):
+    from skinflow.tracking.checkpoint_io import AtomicCheckpointIO
+
+    monkeypatch.chdir(tmp_path)
+    built = launcher.lightning_cli(["--config", str(REPO / "configs/experiment/warmup_tiny_synthetic.yaml"), *FAST,
+                                    "--trainer.logger=false", f"--data.init_args.cache_dir={tmp_path}"], run=False)
+    assert isinstance(built.trainer.strategy.checkpoint_io, AtomicCheckpointIO)

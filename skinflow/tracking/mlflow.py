@@ -39,6 +39,8 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         )
         self.final_status: str | None = None
         self._resumed = run_id is not None
+        self._continues = run_id is not None
+        self._logged_before: dict[str, int] | None = None  # key -> last step the run had when this process began
         # the pipeline sets it: a stage's child run is FINISHED when the pipeline says the stage is done, not when
         # its start-of-stage validate() or its fit() ends (failures and signals still end the run at once)
         self.hold_finished = False
@@ -53,6 +55,27 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         return client
 
     @rank_zero_only
+    def log_metrics(self, metrics, step: int | None = None) -> None:
+        """Log, except a value at a step the continued run already holds for that key.
+
+        A process killed without warning (SIGKILL, out of memory) logged steps after its last checkpoint; the run
+        resumed from that checkpoint computes those steps again. Their values from the first process are kept and
+        the repeats are dropped, so every step appears once (on CPU a resumed run recomputes the same values; on a
+        GPU they may differ in the last digits)."""
+        if self._logged_before is None:
+            self._logged_before = already_logged(self.experiment, self.run_id) if self._continues else {}
+            self._reported_drop = False
+        if self._logged_before and step is not None:
+            kept = {k: v for k, v in metrics.items() if step > self._logged_before.get(k, -1)}
+            if len(kept) < len(metrics) and not self._reported_drop:
+                self._reported_drop = True
+                print(f"[resume] run {self.run_id} already holds steps up to {max(self._logged_before.values())} (logged "
+                      "after its last checkpoint by the process that stopped): those steps are not logged again")
+            metrics = kept
+        if metrics:
+            super().log_metrics(metrics, step)
+
+    @rank_zero_only
     def finalize(self, status: str = "success") -> None:
         if status == "failed" and self.final_status:
             status = self.final_status
@@ -61,6 +84,12 @@ class SkinflowMLFlowLogger(MLFlowLogger):
                 self._scan_and_log_checkpoints(self._checkpoint_callback)
             return
         super().finalize(status)
+
+
+def already_logged(client, run_id: str) -> dict[str, int]:
+    """The last step of every metric a run holds: {key: step}."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
 class MLflowConfigCallback(SaveConfigCallback):
