@@ -13,12 +13,14 @@ from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
-from skinflow.tracking.store import DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, ensure_experiment, git_commit, store_locations
+from skinflow.tracking.store import (DEFAULT_ARTIFACTS, DEFAULT_TRACKING_URI, StoreError, ensure_experiment, git_commit,
+                                     store_locations)
 
 
 class SkinflowMLFlowLogger(MLFlowLogger):
     """``MLFlowLogger`` with the kit's store defaults; creates ``./mlruns`` on first use (under a lock, so
-    concurrent first runs are safe). A ``run_id`` continues that run: it is marked RUNNING again. A run stopped
+    concurrent first runs are safe). A tracking server (http/https URI) must answer within ``connect_timeout``
+    seconds (default ``$SKINFLOW_TRACKING_TIMEOUT`` or 10), or the command stops with one line naming it. A ``run_id`` continues that run: it is marked RUNNING again. A run stopped
     by a signal ends ``KILLED`` (``final_status``, set by ``skinflow.resume.Preemption``), not ``FAILED``."""
 
     def __init__(
@@ -29,8 +31,11 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         artifact_location: str = DEFAULT_ARTIFACTS,
         tags: dict | None = None,
         run_id: str | None = None,
+        connect_timeout: float | None = None,
     ):
-        tracking_uri, artifact_location = store_locations(tracking_uri, artifact_location)
+        if connect_timeout is not None and connect_timeout <= 0:
+            raise StoreError(f"connect_timeout={connect_timeout} must be positive (seconds)")
+        tracking_uri, artifact_location = store_locations(tracking_uri, artifact_location, connect_timeout)
         if rank_zero_only.rank == 0 and run_id is None:
             ensure_experiment(tracking_uri, experiment_name, artifact_location)
         super().__init__(

@@ -8,6 +8,7 @@ MLflow 3.17's plain file store is in maintenance mode, so the kit uses sqlite
 from __future__ import annotations
 
 import fcntl
+import os
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from skinflow.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns/artifacts"
+CONNECT_TIMEOUT_ENV = "SKINFLOW_TRACKING_TIMEOUT"  # seconds a tracking server has to answer (default 10)
 
 
 def git_commit(cwd: str | Path | None = None) -> str:
@@ -46,8 +48,46 @@ def sqlite_dir(tracking_uri: str) -> Path | None:
     return None
 
 
-def store_locations(tracking_uri: str, artifact_location: str) -> tuple[str, str]:
-    """Absolute tracking URI and artifact URI; creates the sqlite store's folder."""
+class StoreError(UserError):
+    """A tracking URI that names no store, or a damaged one (read-only commands never create one)."""
+
+
+def connect_timeout() -> float:
+    """``$SKINFLOW_TRACKING_TIMEOUT`` seconds, 10 by default."""
+    value = os.environ.get(CONNECT_TIMEOUT_ENV, "10")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise StoreError(f"{CONNECT_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+    if seconds <= 0:
+        raise StoreError(f"{CONNECT_TIMEOUT_ENV}={value!r} must be positive")
+    return seconds
+
+
+def check_reachable(tracking_uri: str, timeout: float | None = None) -> None:
+    """For an http(s) tracking server: one request to its ``/health`` within ``timeout`` seconds, or one clear
+    error naming the URI. MLflow's own client retries a dead server for minutes (7 retries, 120 s each) before it
+    says anything. Any HTTP answer, even an error status, shows the server is there."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    timeout = connect_timeout() if timeout is None else timeout
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise StoreError(f"MLflow tracking server {tracking_uri} did not answer within {timeout:g} s ({reason}); start "
+                         f"it, or fix the tracking URI (the wait: ${CONNECT_TIMEOUT_ENV} or the logger's connect_timeout)") from None
+
+
+def store_locations(tracking_uri: str, artifact_location: str, timeout: float | None = None) -> tuple[str, str]:
+    """Absolute tracking URI and artifact URI; creates the sqlite store's folder; a tracking server must answer
+    within ``timeout`` seconds (``check_reachable``)."""
+    check_reachable(tracking_uri, timeout)
     tracking_uri = resolve_tracking_uri(tracking_uri)
     folder = sqlite_dir(tracking_uri)
     if folder is not None:
@@ -55,10 +95,6 @@ def store_locations(tracking_uri: str, artifact_location: str) -> tuple[str, str
     if "://" not in artifact_location:
         artifact_location = Path(artifact_location).resolve().as_uri()
     return tracking_uri, artifact_location
-
-
-class StoreError(UserError):
-    """A tracking URI that names no store, or a damaged one (read-only commands never create one)."""
 
 
 def sqlite_file(tracking_uri: str) -> Path | None:
@@ -80,6 +116,7 @@ def existing_client(tracking_uri: str):
 
     path = sqlite_file(tracking_uri)
     if path is None:
+        check_reachable(tracking_uri)
         return MlflowClient(resolve_tracking_uri(tracking_uri))
     if not path.is_file():
         return None
