@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         raise
     except Exception as err:
         found = user_error(err)
+        if found is None and type(err).__name__ == "MisconfigurationException":  # Lightning's word for a bad setting
+            found = err
         if found is None or debug:
             raise
         print(f"error: {found}", file=sys.stderr)

@@ -18,6 +18,19 @@ class ConfigError(UserError):
     """A constructor argument out of range or inconsistent with another."""
 
 
+def require(ok: bool, setting: str, value, needs: str) -> None:
+    """Raise ``ConfigError("<setting>=<value> <needs>")`` unless ``ok``: the range check of a declared argument.
+
+    >>> require(0.1 > 0, "lr", 0.1, "must be positive")
+    >>> require(-1 >= 0, "beta", -1, "must be >= 0")
+    Traceback (most recent call last):
+    ...
+    skinflow.errors.ConfigError: beta=-1 must be >= 0
+    """
+    if not ok:
+        raise ConfigError(f"{setting}={value!r} {needs}")
+
+
 def user_error(error: BaseException | None) -> UserError | None:
     """The first ``UserError`` in ``error``'s cause/context chain, if any.
 

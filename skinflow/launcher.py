@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -97,7 +98,50 @@ class SkinflowCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
 
 
+def config_files(words: list[str]) -> list[str]:
+    """The files ``--config``/``-c`` name in a command line.
+
+    >>> config_files(["fit", "--config", "a.yaml", "-c=b.yaml", "--config=c.yaml", "--model.lr=1"])
+    ['a.yaml', 'b.yaml', 'c.yaml']
+    """
+    found = []
+    for i, word in enumerate(words):
+        if word in ("--config", "-c") and i + 1 < len(words):
+            found.append(words[i + 1])
+        elif word.startswith(("--config=", "-c=")):
+            found.append(word.split("=", 1)[1])
+    return found
+
+
+def check_config_files(words: list[str]) -> None:
+    """Each ``--config`` file, and each file it composes (a top-level or ``trainer`` value ending in .yaml), exists and
+    parses as YAML; otherwise one error naming the file and the line (jsonargparse names neither)."""
+    import yaml
+
+    from skinflow.errors import ConfigError
+
+    for name in config_files(words):
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"config file {name} not found")
+        try:
+            content = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{name}: not valid YAML{where} ({getattr(err, 'problem', None) or err})") from None
+        if not isinstance(content, dict):
+            continue
+        trainer = content.get("trainer")
+        values = [*content.items(), *((f"trainer.{k}", v) for k, v in (trainer.items() if isinstance(trainer, dict) else ()))]
+        for key, value in values:
+            if isinstance(value, str) and value.endswith((".yaml", ".yml")) and "://" not in value:
+                if not (path.parent / value).is_file() and not Path(value).is_file():
+                    raise ConfigError(f"{name}: {key}: {value} not found (looked beside {name} and in {Path.cwd()})")
+
+
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> SkinflowCLI:
+    check_config_files(list(sys.argv[1:] if args is None else args))
     return SkinflowCLI(
         LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         save_config_callback=MLflowConfigCallback, save_config_kwargs={"save_to_log_dir": False},

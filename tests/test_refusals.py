@@ -22,13 +22,16 @@ def closed_port() -> int:
 
 
 def one_line_error(capsys, argv) -> str:
+    """The command's last words: one ``error:`` line (and at most the ``--help`` hint after it), exit status 2.
+    Log lines before it (``Seed set to 0``; a logging handler left on an earlier test's closed stream) are not the
+    command's answer."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("INFO:")]
-    assert err[0].startswith("error: ") and len(err) <= 2, err  # the error, and at most the --help hint
-    assert "Traceback" not in "\n".join(err)
-    return err[0]
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [i for i, line in enumerate(err) if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] >= len(err) - 2, err[-5:]
+    return err[errors[0]]
 
 
 def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(tmp_path, monkeypatch, capsys):
@@ -80,3 +83,55 @@ def test_the_timeout_setting_is_checked(monkeypatch):
     with pytest.raises(StoreError, match="SKINFLOW_TRACKING_TIMEOUT='soon' is not a number"):
         check_reachable("http://127.0.0.1:9")
     check_reachable("sqlite:///mlruns/mlflow.db")  # a local store needs no answer
+
+
+STAGE2 = ["fit", "--config", str(REPO / "configs/experiment/stage2_tiny_synthetic.yaml")]
+
+
+@pytest.mark.parametrize("command, args, message", [
+    (WARMUP, ["--data.init_args.batch_size=0"], "batch_size=0 must be at least 1"),
+    (WARMUP, ["--data.init_args.batch_size=-1"], "batch_size=-1 must be at least 1"),
+    (WARMUP, ["--data.init_args.eval_batch_size=0"], "eval_batch_size=0 must be at least 1"),
+    (WARMUP, ["--data.init_args.num_workers=-1"], "num_workers=-1 must be >= 0"),
+    (WARMUP, ["--data.init_args.val_fraction=1.5"], "val_fraction=1.5 must be in [0, 1)"),
+    (WARMUP, ["--data.init_args.test_fraction=-0.2"], "test_fraction=-0.2 must be in (0, 1)"),
+    (WARMUP, ["--data.init_args.test_fraction=0"], "test_fraction=0.0 must be in (0, 1): a split with no test side"),
+    (WARMUP, ["--data.init_args.val_fraction=0.5", "--data.init_args.test_fraction=0.5"], "val_fraction + test_fraction=1.0"),
+    (WARMUP, ["--model.init_args.lr=-0.1"], "lr=-0.1 must be positive"),
+    (WARMUP, ["--model.init_args.lr", "-0.1"], "lr=-0.1 must be positive"),  # a negative value after a space
+    (WARMUP, ["--model.init_args.max_new_tokens=0"], "max_new_tokens=0 must be at least 1"),
+    (WARMUP, ["--model.init_args.content_weight=-1"], "content_weight=-1.0 must be positive"),
+    (WARMUP, ["--model.init_args.warmup_steps=-3"], "warmup_steps=-3 must be >= 0"),
+    (WARMUP, ["--trainer.max_steps=-5"], "`max_steps` must be a non-negative integer or -1"),
+    (STAGE2, ["--model.init_args.temperature=0"], "temperature=0.0 must be positive"),
+    (STAGE2, ["--model.init_args.beta=-0.1"], "beta=-0.1 must be >= 0"),
+    (STAGE2, ["--model.init_args.top_p=0"], "top_p=0.0 must be in (0, 1]"),
+    (STAGE2, ["--model.init_args.rollout_engine=vllm"], "rollout_engine='vllm' is not one of"),
+])
+def test_a_bad_number_is_one_line_naming_the_setting(tmp_path, monkeypatch, capsys, command, args, message):
+    import skinflow.stages.base as base
+
+    built = []
+    real_build = base.build_backbone
+    monkeypatch.setattr(base, "build_backbone", lambda spec: (built.append(spec), real_build(spec))[1])
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [*command, *args, "--trainer.logger=false", "--data.init_args.progress=false"])
+    assert message in line
+    if "--model." in args[0]:
+        assert not built  # refused before the backbone was built
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  class_path: [oops\n")
+    line = one_line_error(capsys, ["fit", "--config", str(bad)])
+    assert f"{bad}: not valid YAML at line 3" in line
+
+
+def test_a_missing_composed_config_file_is_named(tmp_path, capsys):
+    composed = tmp_path / "experiment.yaml"
+    composed.write_text("model: ../model/missing.yaml\ntrainer:\n  callbacks: []\n")
+    line = one_line_error(capsys, ["fit", "--config", str(composed)])
+    assert f"{composed}: model: ../model/missing.yaml not found" in line
+    line = one_line_error(capsys, ["fit", "--config", str(tmp_path / "nowhere.yaml")])
+    assert "nowhere.yaml not found" in line

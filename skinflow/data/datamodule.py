@@ -35,7 +35,7 @@ from skinflow.data.ontology import ONTOLOGY, SKIN_TYPES
 from skinflow.data.splits import PRESETS, SplitPreset, assign_splits, clusters_on_two_sides, read_clusters
 from skinflow.data.synthetic import RENDER_VERSION, generate
 from skinflow.data.transforms import eval_transform, to_rgb, train_transform
-from skinflow.errors import ConfigError
+from skinflow.errors import ConfigError, require
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,18 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             raise ConfigError(f"image_size={image_size} must be a multiple of 28 (patch 14 x spatial merge 2)")
         if prompt not in PROMPTS and prompt != MIXED:
             raise ConfigError(f"prompt={prompt!r} is not one of {(*PROMPTS, MIXED)}")
+        require(0 <= val_fraction < 1, "val_fraction", val_fraction, "must be in [0, 1)")
+        require(0 < test_fraction < 1, "test_fraction", test_fraction, "must be in (0, 1): a split with no test side "
+                                                                       "leaves fit without test metrics")
+        require(val_fraction + test_fraction < 1, "val_fraction + test_fraction", val_fraction + test_fraction,
+                "must be below 1 (nothing would be left to train on)")
+        require(batch_size >= 1, "batch_size", batch_size, "must be at least 1")
+        require(eval_batch_size is None or eval_batch_size >= 1, "eval_batch_size", eval_batch_size, "must be at least 1 (or null: batch_size)")
+        require(num_workers >= 0, "num_workers", num_workers, "must be >= 0 (0: load in the main process)")
+        require(image_size >= 28, "image_size", image_size, "must be at least 28")
+        require(synthetic_per_class >= 1, "synthetic_per_class", synthetic_per_class, "must be at least 1")
+        require(min_images_per_label >= 0, "min_images_per_label", min_images_per_label, "must be >= 0")
+        require(colour_strength >= 0, "colour_strength", colour_strength, "must be >= 0")
         self.save_hyperparameters(logger=False)
         self.processor = None
         self.report: dict = {}

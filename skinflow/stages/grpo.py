@@ -39,7 +39,7 @@ from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
 from skinflow.models.unwrap import bare_model
 from skinflow.models.reference import disable_dropout, snapshot_trainable, swapped_parameters
-from skinflow.errors import ConfigError
+from skinflow.errors import ConfigError, require
 from skinflow.rl.grpo import LOSS_WEIGHTS, AdvantageScale, LossName, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
 from skinflow.rl.engines import EngineOutput, Prompts, Sampling, build_engine
 from skinflow.rl.logprobs import chunked_token_logprobs, rows_per_chunk
@@ -141,8 +141,20 @@ class GRPOStage(SkinflowStage):
             raise ConfigError(f"logprob_chunk_mib={logprob_chunk_mib} must be >= 0 (0: full logits)")
         if group_size < 2:
             raise ConfigError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
+        require(temperature > 0, "temperature", temperature, "must be positive (sampling divides the logits by it)")
+        require(0 < top_p <= 1, "top_p", top_p, "must be in (0, 1]")
+        require(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be at least 1")
+        require(0 <= eps_low < 1, "eps_low", eps_low, "must be in [0, 1)")
+        require(eps_high >= 0, "eps_high", eps_high, "must be >= 0")
+        require(beta >= 0, "beta", beta, "must be >= 0 (0: no KL term)")
+        require(lr > 0, "lr", lr, "must be positive")
+        require(weight_decay >= 0, "weight_decay", weight_decay, "must be >= 0")
+        require(warmup_steps >= 0, "warmup_steps", warmup_steps, "must be >= 0")
+        require(max_grad_norm >= 0, "max_grad_norm", max_grad_norm, "must be >= 0 (0: no clipping)")
+        require(table_every >= 0, "table_every", table_every, "must be >= 0 (0: never)")
+        engine = build_engine(rollout_engine, rollout_options)  # a bad engine: one line before the backbone is built
         super().__init__(backbone, max_new_tokens, init_from, grading)
-        self.engine = build_engine(rollout_engine, rollout_options)
+        self.engine = engine
         self.rewards = list(rewards or [RewardSpec("ranked_diagnosis")])
         if credit not in get_args(Credit):
             raise ConfigError(f"credit={credit!r} is not 'sequence' or 'field'")

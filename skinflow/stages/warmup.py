@@ -19,6 +19,7 @@ from functools import partial
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from skinflow.errors import require
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
 from skinflow.stages.base import SkinflowStage, adamw_with_schedule, warmup_cosine
@@ -55,6 +56,14 @@ class WarmupStage(SkinflowStage):
         content_weight: float = 1.0,
         grading: GradingSpec | None = None,
     ):
+        # checked before the backbone is built: a bad value is one line, at once
+        require(lr > 0, "lr", lr, "must be positive")
+        require(weight_decay >= 0, "weight_decay", weight_decay, "must be >= 0")
+        require(all(0 <= b < 1 for b in betas), "betas", tuple(betas), "must each be in [0, 1)")
+        require(warmup_steps >= 0, "warmup_steps", warmup_steps, "must be >= 0")
+        require(0 <= min_lr_ratio <= 1, "min_lr_ratio", min_lr_ratio, "must be in [0, 1]")
+        require(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be at least 1")
+        require(content_weight > 0, "content_weight", content_weight, "must be positive (1: every target token alike)")
         super().__init__(backbone, max_new_tokens, init_from, grading)
         self.save_hyperparameters()
 
