@@ -159,6 +159,8 @@ def export_command(argv: list[str]) -> dict[str, Path]:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--merge", action="store_true", help="also write model/: adapters merged, loadable by from_pretrained")
     ns = parser.parse_args(argv)
+    if Path(ns.out).exists() and not Path(ns.out).is_dir():
+        parser.error(f"--out {ns.out}: is a file, not a folder (the adapter, model/ and dve.safetensors go inside it)")
     try:
         parts = export_stage(ns.ckpt, ns.out, ns.merge)
     except ExportError as err:

@@ -200,6 +200,8 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     unknown = (set(skip) | set(extra_args)) - {s.name for s in pipeline.stages}
     if unknown:
         raise PipelineError(f"no stage named {sorted(unknown)} in {pipeline.source}; stages: {[s.name for s in pipeline.stages]}")
+    if all(stage.skip or stage.name in skip for stage in pipeline.stages):
+        raise PipelineError(f"every stage of {pipeline.source} is skipped ({[s.name for s in pipeline.stages]}): nothing to run")
     client, experiment_id, tracking_uri = open_experiment(pipeline.experiment_name, pipeline.tracking_uri, pipeline.artifact_location)
     earlier: dict[str, object] = {}  # stage name -> its child run, when resuming
     if resume:

@@ -135,3 +135,34 @@ def test_a_missing_composed_config_file_is_named(tmp_path, capsys):
     assert f"{composed}: model: ../model/missing.yaml not found" in line
     line = one_line_error(capsys, ["fit", "--config", str(tmp_path / "nowhere.yaml")])
     assert "nowhere.yaml not found" in line
+
+
+@pytest.mark.parametrize("content", ["", 'md5hash,label\n"abc,psoriasis\n'])
+def test_an_empty_or_malformed_csv_is_named(tmp_path, content):
+    from skinflow.data.datamodule import DataError, Fitzpatrick17kDataModule
+
+    csv = tmp_path / "labels.csv"
+    csv.write_text(content)
+    (tmp_path / "images").mkdir()
+    dm = Fitzpatrick17kDataModule(csv_path=str(csv), cache_dir=str(tmp_path / "cache"), progress=False)
+    with pytest.raises(DataError, match=rf"{csv}: not a readable CSV \("):
+        dm.read_csv()
+
+
+@pytest.mark.parametrize("command", [["synth", "--per-class", "1"], ["export", "--ckpt", "missing.ckpt"]])
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--out", "taken"])
+    assert exit_info.value.code == 2
+    assert "--out taken: is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_skipping_every_stage_of_a_pipeline_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, ["pipeline", "--config", str(REPO / "configs/pipeline/demo.yaml"),
+                                   "--skip", "warmup", "--skip", "stage1", "--skip", "stage2"])
+    assert "every stage of" in line and "nothing to run" in line
+    assert not (tmp_path / "mlruns").exists()  # no parent run was made

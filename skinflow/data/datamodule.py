@@ -270,7 +270,11 @@ class Fitzpatrick17kDataModule(LightningDataModule):
 
     def read_csv(self) -> pd.DataFrame:
         """Read and validate the CSV: required columns, known labels (errors name the column or row)."""
-        df = pd.read_csv(self.csv_file, dtype={"md5hash": str, "qc": str, "url": str, "url_alphanum": str}, keep_default_na=False)
+        try:
+            df = pd.read_csv(self.csv_file, dtype={"md5hash": str, "qc": str, "url": str, "url_alphanum": str},
+                             keep_default_na=False)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise DataError(f"{self.csv_file}: not a readable CSV ({str(err).splitlines()[0]})") from None
         fst = self.hparams.fitzpatrick_column
         for column in (*REQUIRED_COLUMNS, fst):
             if column not in df.columns:

@@ -222,4 +222,6 @@ def synth_command(argv: list[str]) -> None:
         parser.error(f"--per-class {ns.per_class}: at least 1 image per class")
     if ns.size < 28:
         parser.error(f"--size {ns.size}: images need at least 28 pixels a side (one merged patch)")
+    if Path(ns.out).exists() and not Path(ns.out).is_dir():
+        parser.error(f"--out {ns.out}: is a file, not a folder (images/ and labels.csv go inside it)")
     print(generate(ns.out, ns.per_class, ns.seed, ns.size))
