@@ -140,6 +140,19 @@ def test_a_cache_missing_its_report_is_rebuilt(synth_dir, tmp_path):
     assert not list(again._table_dir().parent.glob("*.partial-*"))
 
 
+def test_a_truncated_arrow_file_in_the_cache_is_rebuilt(synth_dir, tmp_path, caplog):
+    csv = dataset(synth_dir, tmp_path)
+    dm = make_dm(tmp_path, csv)
+    dm.prepare_data()
+    (arrow,) = dm._table_dir().glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 3])  # a disk that filled mid-write
+    again = make_dm(tmp_path, csv)
+    with caplog.at_level("WARNING"):
+        again.setup()
+    assert "is damaged" in caplog.text and "rebuilding it" in caplog.text
+    assert sum(len(split) for split in again.splits.values()) == 90  # every image, from the rebuilt table
+
+
 # -- captions -------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("key,meant", [("colur", "colour"), ("lesion-type", "lesion_type"), ("surfaces", "surface")])
 def test_a_misspelt_caption_key_fails_naming_it(tmp_path, key, meant):

@@ -371,11 +371,18 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         table_dir = self._table_dir()
         if not self._complete(table_dir):
             self.prepare_data()
-        records = datasets.load_from_disk(str(table_dir))
+        columns = ["md5hash", "label", self.hparams.fitzpatrick_column, "url_alphanum", *CAPTION_COLUMNS.values()]
+        try:
+            records = datasets.load_from_disk(str(table_dir))
+            df = records.select_columns(columns).to_pandas()
+        except Exception as err:  # noqa: BLE001  a damaged cache (truncated arrow file...): pyarrow raises many kinds
+            log.warning("data cache %s is damaged (%s: %s); rebuilding it", table_dir, type(err).__name__, err)
+            shutil.rmtree(table_dir)
+            self.prepare_data()
+            records = datasets.load_from_disk(str(table_dir))
+            df = records.select_columns(columns).to_pandas()
         self.report = json.loads((table_dir / "report.json").read_text())
         self.report["table"] = str(table_dir)
-        df = records.select_columns(["md5hash", "label", self.hparams.fitzpatrick_column, "url_alphanum",
-                                     *CAPTION_COLUMNS.values()]).to_pandas()
         groups, keepers = self._clusters(df)
         keep = self._label_filter(df) & ~self._excluded(df)
         assigned = assign_splits(
