@@ -276,3 +276,52 @@ def test_captions_made_here_feed_stage1_on_real_photographs(tmp_path, monkeypatc
     assert sum(report["without_caption_dropped"].values()) == 0  # every image had its caption
     history = client.get_metric_history(run.info.run_id, "reward/caption_fields")
     assert len(history) == 2  # two GRPO steps scored against these captions
+
+
+def test_captions_exit_non_zero_with_a_summary_when_every_request_failed(images, tmp_path):
+    csv_path, image_dir, labels = images
+    world = World(labels, {md5: "500_always" for md5 in labels})
+    with FakeOpenAI(world) as server:
+        done = subprocess.run([sys.executable, "-m", "skinflow", "captions", "--csv", str(csv_path), "--image-dir",
+                               str(image_dir), "--out", str(tmp_path / "c.jsonl"), "--model", "m", "--no-progress",
+                               "--base-url", server.base_url, "--api-key-env", KEY_ENV, "--retries", "0", "--limit", "3"],
+                              cwd=REPO, capture_output=True, text=True, env={**os.environ, KEY_ENV: server.api_key})
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "images to caption      3" in done.stdout  # the summary, always
+    assert "error: none of the 3 images got a caption or a review entry" in done.stderr
+    assert "InternalServerError 3" in done.stderr
+
+
+def test_a_reply_without_choices_is_an_endpoint_error_not_a_malformed_caption(images, tmp_path):
+    csv_path, image_dir, _ = images
+    out = tmp_path / "captions.jsonl"
+    with FakeOpenAI(lambda request: Fault("no_choices")) as server:
+        summary = make_captions(client_for(server), csv_path, image_dir, out, CaptionConfig(model="m"), limit=2,
+                                progress=False)
+    assert summary.errors == {"EndpointError": 2} and summary.malformed_attempts == 0 and summary.rejected == 0
+    assert not (tmp_path / "captions.review.jsonl").exists() or not (tmp_path / "captions.review.jsonl").read_text()
+
+
+def test_an_endpoint_echoing_the_api_key_never_gets_it_stored(images, tmp_path, caplog):
+    csv_path, image_dir, _ = images
+    out = tmp_path / "captions.jsonl"
+    with FakeOpenAI(lambda request: Fault("echo_auth"), api_key="sk-secret-0123456789") as server:
+        summary = make_captions(client_for(server), csv_path, image_dir, out, CaptionConfig(model="m", max_attempts=2),
+                                limit=2, progress=False)
+    assert summary.rejected == 2  # one field: malformed twice, to review
+    stored = "".join(p.read_text() for p in tmp_path.glob("captions*"))
+    assert "[API key removed]" in stored and "sk-secret-0123456789" not in stored
+    assert "sk-secret-0123456789" not in caplog.text
+
+
+def test_judge_names_a_run_that_does_not_exist(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from skinflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_experiments()  # a store, without that run
+    with pytest.raises(SystemExit) as exit_info:
+        main(["judge", "--run-id", "0123456789abcdef", "--model", "m", "--base-url", "http://127.0.0.1:9/v1"])
+    assert exit_info.value.code == 2
+    assert "no run '0123456789abcdef' in sqlite:///" in capsys.readouterr().err

@@ -38,7 +38,7 @@ import pandas as pd
 
 from skinflow.data.formats import CAPTION_FIELDS, PROMPTS, DataError, image_files, parse_answer, parse_caption, read_id_csv
 from skinflow.data.ontology import ALIASES, ONTOLOGY, normalize_text, synonym_group
-from skinflow.llm.client import EndpointError, Usage, chat, image_data_url, make_client
+from skinflow.llm.client import EndpointError, Usage, chat, image_data_url, make_client, scrub
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,8 @@ def make_captions(client, csv_path: str | Path, image_dir: str | Path, out: str 
             if name in FATAL:
                 fatal.append(err)
                 stop.set()
-            return {"md5hash": row.md5hash, "status": "error", "error": name, "detail": str(err)[:300]}
+            return {"md5hash": row.md5hash, "status": "error", "error": name,
+                    "detail": scrub(str(err), getattr(client, "api_key", None))[:300]}
 
     bar = tqdm(total=len(todo), desc=f"captions -> {out}", unit="img", disable=not progress)
     pool = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="skinflow-captions")
@@ -371,3 +372,9 @@ def captions_command(argv: list[str]) -> None:
     print(summary.table())
     if stop.is_set() and summary.interrupted:
         sys.exit(128 + (signal.SIGTERM if terminated else signal.SIGINT))
+    answered = sum(summary.accepted_at.values()) + summary.rejected
+    if summary.images and not answered:
+        print(f"error: none of the {summary.images} images got a caption or a review entry: every request failed "
+              f"({', '.join(f'{k} {n}' for k, n in sorted(summary.errors.items()))}); nothing was written, run again "
+              "once the endpoint answers", file=sys.stderr)
+        sys.exit(1)

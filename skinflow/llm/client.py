@@ -87,6 +87,19 @@ def chat(client, model: str, messages: list[dict], usage: Usage | None = None, *
     if usage is not None:
         usage.add(getattr(response, "usage", None))
     choices = getattr(response, "choices", None) or []
-    if not choices or choices[0].message is None:
+    if not choices:  # a 200 reply that is no chat completion: the endpoint's fault, not a malformed caption
+        raise EndpointError(f"the endpoint answered without choices (model {model!r}); is --base-url an "
+                            "OpenAI-compatible /v1 endpoint?")
+    if choices[0].message is None:
         return ""
-    return choices[0].message.content or ""
+    return scrub(choices[0].message.content or "", getattr(client, "api_key", None))
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` (the kit's API key): an endpoint that echoes its request headers must not get
+    the key written into review files, caches or logs.
+
+    >>> scrub("Authorization: Bearer sk-123 ok", "sk-123")
+    'Authorization: Bearer [API key removed] ok'
+    """
+    return text.replace(secret, "[API key removed]") if secret and len(secret) >= 4 else text

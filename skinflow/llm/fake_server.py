@@ -82,6 +82,8 @@ class _Handler(BaseHTTPRequestHandler):
         answer = owner.reply(request)
         if owner.latency:
             time.sleep(owner.latency)
+        if isinstance(answer, Fault) and answer.kind == "echo_auth":  # a hostile endpoint echoing the request headers
+            answer = f"<caption>\ncolour: red\n</caption>\nAuthorization: {self.headers.get('Authorization')}"
         if isinstance(answer, Fault):
             if answer.kind == "stall":
                 time.sleep(answer.seconds)
@@ -89,6 +91,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
             if answer.kind == "malformed":
                 return self._json(200, "{\"id\": \"x\", \"choices\": ")
+            if answer.kind == "no_choices":  # 200, JSON, but no chat completion
+                return self._json(200, {"id": "x", "object": "chat.completion", "created": 0, "model": "m"})
             headers = {"Retry-After": f"{answer.retry_after:g}"} if answer.retry_after is not None else {}
             return self._json(int(answer.kind), {"error": {"message": f"scripted {answer.kind}"}}, headers)
         prompt = len(text_of(request).split()) + 85 * len(images_in(request))  # words, and a flat 85 per image

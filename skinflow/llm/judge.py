@@ -201,6 +201,13 @@ def judge_rows(client, model: str, rows: list[dict], runs: int = 3, cache: Cache
 def read_predictions(client, run_id: str, table: str) -> list[dict]:
     import tempfile
 
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise EndpointError(f"no run {run_id!r} in {client.tracking_uri}: check --run-id and --tracking-uri") from None
+
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = client.download_artifacts(run_id, table, tmp)
