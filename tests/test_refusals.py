@@ -166,3 +166,12 @@ def test_skipping_every_stage_of_a_pipeline_is_refused(tmp_path, monkeypatch, ca
                                    "--skip", "warmup", "--skip", "stage1", "--skip", "stage2"])
     assert "every stage of" in line and "nothing to run" in line
     assert not (tmp_path / "mlruns").exists()  # no parent run was made
+
+
+def test_a_corrupt_store_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "mlflow.db").write_text("not an sqlite file")
+    line = one_line_error(capsys, [*WARMUP, "--data.init_args.progress=false"])
+    assert f"MLflow store {tmp_path}/mlruns/mlflow.db cannot be used (DatabaseError: file is not a database)" in line
+    assert (tmp_path / "mlruns" / "mlflow.db").read_text() == "not an sqlite file"  # left as it was

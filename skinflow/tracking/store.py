@@ -121,7 +121,7 @@ def existing_client(tracking_uri: str):
     if not path.is_file():
         return None
     refuse_empty_store(path)
-    with store_lock(tracking_uri):  # opening a store may upgrade its schema: never beside a run creating it
+    with store_lock(tracking_uri), readable_store(tracking_uri):  # opening may upgrade the schema: locked
         client = MlflowClient(resolve_tracking_uri(tracking_uri))
         client.search_experiments(max_results=1)
     return client
@@ -153,6 +153,24 @@ def store_lock(tracking_uri: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def readable_store(tracking_uri: str):
+    """A store that cannot be opened (a damaged or foreign sqlite file, a read-only or full disk): one
+    :class:`StoreError` naming the file instead of MLflow's and SQLAlchemy's nested tracebacks."""
+    try:
+        yield
+    except StoreError:
+        raise
+    except Exception as err:  # noqa: BLE001  sqlalchemy, sqlite3 and MLflow raise many kinds
+        name = type(err).__name__
+        if name not in ("OperationalError", "DatabaseError", "MlflowException", "PermissionError", "OSError"):
+            raise
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+        where = sqlite_file(tracking_uri) or tracking_uri
+        raise StoreError(f"MLflow store {where} cannot be used ({name}: {reason}); a damaged file can be moved "
+                         "aside, a read-only or full disk freed, or point the tracking URI elsewhere") from None
+
+
 def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location: str) -> str:
     """The id of ``experiment_name``, creating the store and the experiment under :func:`store_lock`."""
     from mlflow import MlflowClient
@@ -160,7 +178,7 @@ def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location
     path = sqlite_file(tracking_uri)
     if path is not None:
         refuse_empty_store(path)
-    with store_lock(tracking_uri):
+    with store_lock(tracking_uri), readable_store(tracking_uri):
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)  # creates or upgrades the schema, locked
         if experiment is not None:
