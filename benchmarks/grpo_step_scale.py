@@ -24,7 +24,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -54,32 +53,13 @@ def trl_worker(checkout: str, micro: int, new_tokens: int) -> None:
     from datasets import Dataset
     from peft import LoraConfig
     from PIL import Image
-    from transformers import Qwen2_5_VLProcessor, TrainerCallback
-    from transformers.processing_utils import ProcessorMixin
     from trl import GRPOConfig, GRPOTrainer
 
     from skinflow.data.formats import PROMPTS, SYSTEM_PROMPT
     from skinflow.data.ontology import ONTOLOGY
     from skinflow.models.backbone import LANGUAGE_LINEARS, BackboneSpec, build_processor
 
-    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
-        """The stock processor without its video part (which needs torchvision)."""
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], 0.0
-
-        def on_step_begin(self, *args, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *args, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
+    from trl_peer import ImageOnlyProcessor, StepTimer  # this folder is on sys.path when run as a script
 
     torch.manual_seed(0)
     ours = build_processor(BackboneSpec(preset="qwen2.5-vl-3b", pretrained_path=checkout))

@@ -80,8 +80,6 @@ def run_trl(data: Path, steps: int) -> list[float]:
     import torch
     from datasets import Dataset
     from PIL import Image
-    from transformers import Qwen2_5_VLProcessor, TrainerCallback
-    from transformers.processing_utils import ProcessorMixin
     from trl import GRPOConfig, GRPOTrainer
 
     from skinflow.data.formats import PROMPTS, SYSTEM_PROMPT, Target
@@ -89,24 +87,7 @@ def run_trl(data: Path, steps: int) -> list[float]:
     from skinflow.models.backbone import BackboneSpec, build_model, build_processor
     from skinflow.rl.rewards import ranked_diagnosis_reward
 
-    class ImageOnlyProcessor(Qwen2_5_VLProcessor):
-        """The stock processor without its video part (which needs torchvision)."""
-
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-            self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
-
-    class StepTimer(TrainerCallback):
-        def __init__(self):
-            self.times, self.start = [], 0.0
-
-        def on_step_begin(self, *args, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *args, **kwargs):
-            self.times.append(time.perf_counter() - self.start)
+    from trl_peer import ImageOnlyProcessor, StepTimer  # this folder is on sys.path when run as a script
 
     def reward(prompts, completions, label, **kwargs):
         texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]

@@ -160,24 +160,31 @@ def test_ckpt_path_last_with_no_earlier_run_starts_fresh_and_says_so(tmp_path, m
     assert names == ["warmup-warmup_tiny_synthetic-seed0", "warmup-warmup_tiny_synthetic-seed1"]
 
 
-def test_sigterm_from_outside_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
-    """The real signal path: a child process, signalled by its parent mid-training, as a scheduler does."""
+def warmup_logging(tmp_path, steps: int):
+    """A 6-epoch warmup in a child process (validating only at the end), once it has logged ``steps`` training
+    steps: (env, command, process)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-m", "skinflow", *WARMUP, "--trainer.max_epochs=6", "--trainer.check_val_every_n_epoch=6",
             f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
     child = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     db = tmp_path / "mlruns" / "mlflow.db"
     deadline = time.time() + 240
-    while time.time() < deadline and child.poll() is None:  # wait for the first logged steps
-        time.sleep(0.5)
+    logged = 0
+    while time.time() < deadline and child.poll() is None and logged < steps:
+        time.sleep(0.2)
         if db.exists():
             try:
                 client, run = only_run(tmp_path)
-                if len(client.get_metric_history(run.info.run_id, "train/loss")) >= 2:
-                    break
+                logged = len(client.get_metric_history(run.info.run_id, "train/loss"))
             except Exception:  # noqa: BLE001  the store or the run may not be there yet
                 continue
     assert child.poll() is None, child.communicate()[0][-3000:]
+    return env, args, child
+
+
+def test_sigterm_from_outside_exits_143_with_a_checkpoint_and_the_same_command_resumes(tmp_path):
+    """The real signal path: a child process, signalled by its parent mid-training, as a scheduler does."""
+    env, args, child = warmup_logging(tmp_path, steps=2)
     child.send_signal(signal.SIGTERM)
     out = child.communicate(timeout=120)[0]
     assert child.returncode == SIGTERM_EXIT, out[-3000:]
@@ -235,22 +242,7 @@ def test_a_hard_kill_loses_at_most_one_epoch_and_the_resumed_run_logs_no_step_tw
     """SIGKILL (an OOM kill, a scheduler after its grace period) gives no chance to save: the CPU trainer file writes
     last.ckpt at every epoch's end even when it validates only every 6 epochs, and the same command with
     ``--ckpt_path last`` continues the run without logging the steps the killed process logged after it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    args = [sys.executable, "-m", "skinflow", *WARMUP, "--trainer.max_epochs=6", "--trainer.check_val_every_n_epoch=6",
-            f"--data.init_args.cache_dir={tmp_path / 'cache'}"]
-    child = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    db = tmp_path / "mlruns" / "mlflow.db"
-    deadline = time.time() + 240
-    logged = 0
-    while time.time() < deadline and child.poll() is None and logged < 6:  # into the second epoch (4 steps each)
-        time.sleep(0.2)
-        if db.exists():
-            try:
-                client, run = only_run(tmp_path)
-                logged = len(client.get_metric_history(run.info.run_id, "train/loss"))
-            except Exception:  # noqa: BLE001  the store or the run may not be there yet
-                continue
-    assert child.poll() is None, child.communicate()[0][-3000:]
+    env, args, child = warmup_logging(tmp_path, steps=6)  # into the second epoch (4 steps each)
     child.send_signal(signal.SIGKILL)
     child.communicate(timeout=60)
     client, run = only_run(tmp_path)
