@@ -7,6 +7,7 @@ in an exception's chain (jsonargparse wraps the constructor's error in its own `
 
 from __future__ import annotations
 
+import errno
 import re
 
 
@@ -49,6 +50,29 @@ def user_error(error: BaseException | None) -> UserError | None:
     while error is not None and id(error) not in seen:
         if isinstance(error, UserError):
             return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
+
+
+def write_error(error: BaseException | None) -> str | None:
+    """A full, read-only or forbidden place to write, found in ``error``'s cause/context chain, as one line naming
+    the file; ``None`` for anything else (a bug keeps its traceback).
+
+    >>> write_error(RuntimeError("saving failed").with_traceback(None)) is None
+    True
+    >>> err = OSError(errno.ENOSPC, "No space left on device", "mlruns/1/ckpt/last.ckpt")
+    >>> write_error(err)
+    'cannot write mlruns/1/ckpt/last.ckpt: No space left on device'
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in WRITE_ERRNOS:
+            where = error.filename or "a file"
+            return f"cannot write {where}: {error.strerror}"
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None

@@ -175,3 +175,20 @@ def test_a_corrupt_store_is_one_line_naming_the_file(tmp_path, monkeypatch, caps
     line = one_line_error(capsys, [*WARMUP, "--data.init_args.progress=false"])
     assert f"MLflow store {tmp_path}/mlruns/mlflow.db cannot be used (DatabaseError: file is not a database)" in line
     assert (tmp_path / "mlruns" / "mlflow.db").read_text() == "not an sqlite file"  # left as it was
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from skinflow.tracking import checkpoint_io
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_io.os, "fsync", full)
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [*WARMUP, "--data.init_args.progress=false", "--data.init_args.synthetic_per_class=4",
+                                   "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.logger=false",
+                                   "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"])
+    assert line.startswith("error: cannot write mlruns/") and line.endswith(".ckpt: No space left on device")
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file left

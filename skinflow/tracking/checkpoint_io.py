@@ -39,6 +39,9 @@ def atomic_write(data: bytes, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
+    except OSError as err:
+        Path(temp).unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err  # named by the checkpoint, not the temporary file
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
