@@ -192,3 +192,20 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_it(tmp_path, m
                                    "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"])
     assert line.startswith("error: cannot write mlruns/") and line.endswith(".ckpt: No space left on device")
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file left
+
+
+def test_experiments_open_in_mlflows_model_training_view(tmp_path):
+    from mlflow import MlflowClient
+
+    from skinflow.tracking.store import ensure_experiment
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    new = ensure_experiment(uri, "fresh", (tmp_path / "a").as_uri())
+    client = MlflowClient(uri)
+    assert client.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"
+    older = client.create_experiment("older")  # made by an earlier kit: tagged on next use
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    for name in ("older", "chosen"):
+        ensure_experiment(uri, name, (tmp_path / "a").as_uri())
+    assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"  # a user's choice kept

@@ -17,6 +17,9 @@ from skinflow.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns/artifacts"
+# MLflow 3's UI opens an experiment in its model-training layout (runs, metrics, charts) rather than its GenAI one
+# (traces, judges) when this tag says so
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 CONNECT_TIMEOUT_ENV = "SKINFLOW_TRACKING_TIMEOUT"  # seconds a tracking server has to answer (default 10)
 
 
@@ -182,8 +185,10 @@ def ensure_experiment(tracking_uri: str, experiment_name: str, artifact_location
         client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name(experiment_name)  # creates or upgrades the schema, locked
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # an older kit's experiment; a kind set by hand is kept
+                client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return experiment.experiment_id
-        return client.create_experiment(experiment_name, artifact_location)
+        return client.create_experiment(experiment_name, artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
 def open_experiment(experiment_name: str, tracking_uri: str = DEFAULT_TRACKING_URI, artifact_location: str = DEFAULT_ARTIFACTS):
