@@ -8,8 +8,10 @@ text; ``--debug`` (or ``JSONARGPARSE_DEBUG=true``) restores jsonargparse's own o
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -22,6 +24,17 @@ from skinflow.resume import Preemption, DistributedFailure, SigtermWatch, defaul
 from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
 from skinflow.tracking.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
+
+class _DropAdvert(logging.Filter):
+    """Lightning prints a litlogger advertisement at every trainer it builds: noise between a stage's lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert())
+# Lightning's own pytree helper trips torch's LeafSpec deprecation once per stage; nothing a user can act on
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 PROG = "python -m skinflow"
 TRAINER_DEFAULTS = {

@@ -150,3 +150,15 @@ def test_the_hook_never_shadows_a_lightning_main(tmp_path):
             "runpy.run_module('lightning', run_name='__main__', alter_sys=True)") % str(tmp_path)
     done = run(["-c", code], cwd=tmp_path)
     assert done.stdout.strip() == "LIGHTNING OWN MAIN", done.stderr
+
+
+def test_lightnings_litlogger_advert_is_dropped_and_other_info_kept(caplog):
+    import logging
+
+    import skinflow.launcher  # noqa: F401  installs the filter
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
+        rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](...)")
+        rank_zero_info("GPU available: False, used: False")
+    assert "litlogger" not in caplog.text and "GPU available" in caplog.text
