@@ -209,3 +209,34 @@ def test_experiments_open_in_mlflows_model_training_view(tmp_path):
         ensure_experiment(uri, name, (tmp_path / "a").as_uri())
     assert client.get_experiment(older).tags["mlflow.experimentKind"] == "custom_model_development"
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"  # a user's choice kept
+
+
+REAL_CHECKOUT = ["--model.init_args.backbone.preset=qwen2.5-vl-3b", "--trainer.logger=false"]
+
+
+def test_a_missing_checkout_folder_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [*WARMUP, *REAL_CHECKOUT, f"--model.init_args.backbone.pretrained_path={tmp_path}/nope"])
+    assert line == f"error: pretrained_path='{tmp_path}/nope': no such folder"
+
+
+def test_an_incomplete_checkout_folder_names_the_missing_shard(tmp_path, monkeypatch, capsys):
+    import json
+
+    folder = tmp_path / "Qwen2.5-VL-3B-Instruct"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "model-00001-of-00002.safetensors"):
+        (folder / name).write_text("{}")
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [*WARMUP, *REAL_CHECKOUT, f"--model.init_args.backbone.pretrained_path={folder}"])
+    assert "is not a complete checkpoint folder: model-00002-of-00002.safetensors is missing" in line
+
+
+def test_a_hub_id_while_offline_and_uncached_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [*WARMUP, *REAL_CHECKOUT, "--model.init_args.backbone.pretrained_path=Qwen/Qwen2.5-VL-3B-Instruct"])
+    assert "is a hub id, the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" in line

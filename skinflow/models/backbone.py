@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 from pathlib import Path
@@ -270,8 +271,42 @@ def apply_finetuning(model: torch.nn.Module, spec: BackboneSpec) -> torch.nn.Mod
     return model
 
 
+def check_pretrained_path(path: str) -> None:
+    """Refuse, in one line, a ``pretrained_path`` that cannot load: a folder that does not exist, one missing its
+    config, tokenizer or a weight shard (named), or a hub id while the hub is offline with nothing cached. Checked
+    before anything loads (transformers' own errors run to a hundred lines and more)."""
+    folder = Path(path).expanduser()
+    looks_local = folder.is_absolute() or path.startswith((".", "~")) or path.count("/") != 1
+    if not folder.exists():
+        if looks_local:
+            raise ConfigError(f"pretrained_path={path!r}: no such folder")
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+                raise ConfigError(f"pretrained_path={path!r} is a hub id, the hub is offline (HF_HUB_OFFLINE=1) and it is "
+                                  "not in the local cache: download it where there is network, or give a local folder")
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"pretrained_path={path!r} is a file, not a checkpoint folder")
+    needed = ["config.json"]
+    if not (folder / "tokenizer.json").is_file() and not (folder / "vocab.json").is_file():
+        needed.append("tokenizer.json")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        needed += sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+    elif not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        needed.append("model.safetensors")
+    missing = [name for name in needed if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError(f"pretrained_path={path!r} is not a complete checkpoint folder: {missing[0]} is missing"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
 def build_backbone(spec: BackboneSpec) -> tuple[torch.nn.Module, VisionLanguageProcessor]:
     """``(model, processor)`` for ``spec``, with LoRA/freezing applied."""
+    if spec.pretrained_path is not None:
+        check_pretrained_path(spec.pretrained_path)
     processor = build_processor(spec)
     model = build_model(spec, processor.tokenizer)
     attach_dve(model, spec.dve)
