@@ -20,6 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
 from skinflow.errors import condense_parser_error  # noqa: E402
+from skinflow.progress import PlainProgress  # noqa: E402
 from skinflow.resume import Preemption, DistributedFailure, SigtermWatch, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
 from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
 from skinflow.tracking.checkpoint_io import AtomicCheckpointIO  # noqa: E402
@@ -40,7 +41,9 @@ PROG = "python -m skinflow"
 TRAINER_DEFAULTS = {
     "logger": {"class_path": "skinflow.tracking.mlflow.SkinflowMLFlowLogger"},
     "default_root_dir": "mlruns",
-    "callbacks": [Preemption(), DistributedFailure()],  # LightningCLI appends default callbacks to the configured ones
+    # LightningCLI appends default callbacks to the configured ones; PlainProgress prints only when no terminal shows
+    # the progress bar
+    "callbacks": [Preemption(), DistributedFailure(), PlainProgress()],
 }
 
 

@@ -162,3 +162,20 @@ def test_lightnings_litlogger_advert_is_dropped_and_other_info_kept(caplog):
         rank_zero_info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](...)")
         rank_zero_info("GPU available: False, used: False")
     assert "litlogger" not in caplog.text and "GPU available" in caplog.text
+
+
+def test_a_fit_whose_output_is_not_a_terminal_prints_progress_lines(tmp_path, monkeypatch, capsys):
+    import re
+
+    from skinflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SKINFLOW_PROGRESS_SECONDS", "0")  # a line every step
+    main(["fit", "--config", str(REPO / "configs/experiment/warmup_tiny_synthetic.yaml"), "--trainer.logger=false",
+          "--data.init_args.synthetic_per_class=4", "--data.init_args.progress=false", "--trainer.max_epochs=2",
+          "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path}",
+          "--trainer.enable_progress_bar=false"])
+    lines = re.findall(r"^\[warmup\] step (\d+)/(\d+) \(epoch (\d)/2\)  [\d.]+ steps/s.*train/loss [\d.]+", capsys.readouterr().out,
+                       re.MULTILINE)
+    assert [(int(s), int(t)) for s, t, _ in lines][:4] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert lines[-1][0] == "4" and lines[-1][2] == "2"  # the end, in the second epoch
