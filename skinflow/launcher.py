@@ -80,6 +80,7 @@ class SkinflowCLI(LightningCLI):
         """Name the MLflow run (``<stage>-<config>-seed<N>``) and resolve ``--ckpt_path`` to the run it continues
         (``skinflow.resume``)."""
         config = self.config[self.subcommand] if self.subcommand else self.config  # run=False: no subcommand
+        check_accelerator(config)
         logger = mlflow_logger_args(config)
         if logger is None:
             return
@@ -112,6 +113,19 @@ class SkinflowCLI(LightningCLI):
         if self.config[self.subcommand].get("test_after_fit"):
             ckpt = "best" if self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path else None
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def check_accelerator(config) -> None:
+    """A GPU trainer file on a machine without a GPU: one line before the model is built (Lightning says "No
+    supported gpu backend found!" only after a 7B model has loaded)."""
+    import torch
+
+    from skinflow.errors import ConfigError
+
+    accelerator = str(config.get("trainer.accelerator") or "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator!r} but this machine has no usable GPU (torch sees no CUDA "
+                          "device); use a CPU trainer file (configs/trainer/cpu.yaml, cpu_rl.yaml) or run where a GPU is")
 
 
 def config_files(words: list[str]) -> list[str]:

@@ -240,3 +240,17 @@ def test_a_hub_id_while_offline_and_uncached_is_one_line(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     line = one_line_error(capsys, [*WARMUP, *REAL_CHECKOUT, "--model.init_args.backbone.pretrained_path=Qwen/Qwen2.5-VL-3B-Instruct"])
     assert "is a hub id, the hub is offline (HF_HUB_OFFLINE=1) and it is not in the local cache" in line
+
+
+def test_a_gpu_recipe_on_a_machine_without_a_gpu_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import skinflow.stages.base as base
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    built = []
+    monkeypatch.setattr(base, "build_backbone", lambda spec: built.append(spec))
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, ["fit", "--config", str(REPO / "configs/experiment/warmup_qwen2_5_vl_7b.yaml")])
+    assert "trainer.accelerator='gpu' but this machine has no usable GPU" in line and not built
