@@ -193,6 +193,7 @@ def test_sigterm_from_outside_exits_143_with_a_checkpoint_and_the_same_command_r
     last = checkpoint_folder(tmp_path / "mlruns", run.info.experiment_id, run.info.run_id) / "last.ckpt"
     stopped_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
     assert 2 <= stopped_at < 24
+    assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]  # a stop leaves no second copy beside it
     done = subprocess.run([*args, "--ckpt_path=last"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     client, resumed = only_run(tmp_path)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from fsspec.implementations.local import LocalFileSystem
 
 
@@ -56,3 +57,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write(buffer.getvalue(), path)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` that, with ``save_top_k: 0`` and ``save_last``, keeps exactly one file, ``last.ckpt``,
+    written on the callback's schedule (every epoch, every N steps) and at a signal or error.
+
+    Lightning's own callback, given ``save_top_k: 0``, writes nothing on its schedule (it writes ``last.ckpt`` only
+    after a top-k file), and with ``save_top_k: 1`` keeps a second full copy, ``epoch=…-step=….ckpt``, beside
+    ``last.ckpt``, plus one more at every stop (``save_on_exception``). Here the top-k file *is* ``last.ckpt``. Any
+    other ``save_top_k`` is Lightning's behaviour unchanged."""
+
+    def _only_last(self) -> bool:
+        return self.save_top_k == 0 and bool(self.save_last)
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self._only_last():
+            self._save_last_checkpoint(trainer, monitor_candidates)
+            return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self._only_last() and self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step \
+                and self.last_model_path:
+            return  # already written at this step
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if not self._only_last():
+            return super().on_exception(trainer, pl_module, exception)
+        if self._should_save_on_exception(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
