@@ -254,3 +254,11 @@ def test_a_gpu_recipe_on_a_machine_without_a_gpu_is_refused_before_the_model_loa
     monkeypatch.chdir(tmp_path)
     line = one_line_error(capsys, ["fit", "--config", str(REPO / "configs/experiment/warmup_qwen2_5_vl_7b.yaml")])
     assert "trainer.accelerator='gpu' but this machine has no usable GPU" in line and not built
+
+
+def test_audit_workers_zero_is_documented_in_help_not_silent(capsys):
+    with pytest.raises(SystemExit):
+        main(["audit-data", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--workers WORKERS processes hashing images; 0: one per CPU (default 0)" in text
+    assert "--tiny-side TINY_SIDE an image whose shorter side has fewer pixels is listed as tiny (default 64)" in text

@@ -48,6 +48,15 @@ from skinflow.data.formats import DataError, image_files, read_id_csv
 CLUSTER_COLUMNS = ("md5hash", "cluster", "label", "width", "height", "keep")
 
 
+def field_comments(cls) -> dict[str, str]:
+    """``{field: the comment after its default}`` from a dataclass's source: ``--help`` says what each setting means
+    (``workers``: "processes hashing images; 0: one per CPU"), from the one place it is written."""
+    import inspect
+    import re
+
+    return dict(re.findall(r"^    (\w+): [^=\n]+ = [^#\n]+#\s*(.+)$", inspect.getsource(cls), re.MULTILINE))
+
+
 @dataclass
 class AuditConfig:
     """What the audit calls a near-duplicate or a bad image. ``threshold``: Hamming bits of ``hash_size**2``."""
@@ -369,9 +378,11 @@ def audit_command(argv: list[str]) -> None:
     parser.add_argument("--image-dir", required=True, help="folder of <md5hash>.jpg|png images")
     parser.add_argument("--out", default="audit", help="folder for the outputs (default %(default)s)")
     parser.add_argument("--config", help="YAML of audit settings (configs/audit/default.yaml); flags override it")
+    meanings = field_comments(AuditConfig)
     for f in fields(AuditConfig):
+        meaning = meanings.get(f.name)
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                            help=f"default {f.default}")
+                            help=f"{meaning} (default {f.default})" if meaning else f"default {f.default}")
     parser.add_argument("--no-progress", action="store_true")
     ns = parser.parse_args(argv)
     try:
