@@ -231,8 +231,10 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             watch.check(None, f"the pipeline before {stage.name}")
             if stage.skip or stage.name in skip:
                 client.set_tag(parent_id, f"skipped.{stage.name}", "true")
+                set_factor(client, parent_id, tags, stage.name, "no")
                 print(f"[pipeline] {stage.name}: skipped")
                 continue
+            set_factor(client, parent_id, tags, stage.name, "yes")
             child = earlier.get(stage.name)
             checkpoint = checkpoints_dir / f"{stage.name}.ckpt"
             if child is not None and child.data.tags.get("skinflow.stage_done") == "true" and checkpoint.is_file():
@@ -262,6 +264,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             with bare_argv():
                 cli = lightning_cli(args, run=False)
             model, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
+            set_factor(client, parent_id, tags, "dve", "on" if model.backbone_spec.dve.enabled else "off")
             if hasattr(trainer.logger, "hold_finished"):
                 trainer.logger.hold_finished = True  # FINISHED below, once the stage is done
             if stage.evaluate_start and resume_from is None:
@@ -301,6 +304,14 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     print("\n" + format_table(result["table"]))
     print(f"\n[pipeline] parent run {parent_id} in experiment {pipeline.experiment_name!r} ({tracking_uri})")
     return result
+
+
+def set_factor(client, parent_id: str, given: dict | None, name: str, value: str) -> None:
+    """Tag the parent run with a factor ``compare --group-by`` can use on any pipeline run (``<stage>``: yes/no for
+    whether the stage ran, ``dve``: on/off), in the ablation grid's spelling; a factor the caller tagged (a grid
+    row's ``factors``) is left as given."""
+    if name not in (given or {}):
+        client.set_tag(parent_id, name, value)
 
 
 def collect_stage(client, child_id: str, name: str, result: dict) -> None:

@@ -84,6 +84,11 @@ def test_pipeline_makes_parent_and_child_runs_and_hands_over_small_checkpoints(t
     parents = compare(experiment, None, [], uri, out=tmp_path / "c1")["summary"]
     assert parents.table["run_name"].tolist() == [parent.info.run_name] and parents.metrics[0].startswith("final/")
     assert not parents.left_out
+    # the README's example groups the demo's own parent runs by factors the pipeline tags itself
+    assert {k: parent.data.tags[k] for k in ("warmup", "stage1", "stage2", "dve")} == {
+        "warmup": "yes", "stage1": "yes", "stage2": "yes", "dve": "off"}
+    grouped = compare(experiment, None, ["stage1", "dve"], uri, out=tmp_path / "c3")["summary"]
+    assert grouped.table[["stage1", "dve"]].values.tolist() == [["yes", "off"]]
     stages = compare(experiment, ["val/reward/caption_fields"], [], uri, out=tmp_path / "c2", level="stage")["summary"]
     assert sorted(stages.table["run_name"]) == ["stage1", "stage2", "warmup"] and not stages.left_out
 
@@ -96,7 +101,8 @@ def test_skipping_stage1_hands_warmup_to_stage2(tmp_path, monkeypatch):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     stage2 = client.get_run(result["children"]["stage2"]).data
     assert stage2.params["init_from"] == result["checkpoints"]["warmup"]
-    assert client.get_run(result["parent_run_id"]).data.tags["skipped.stage1"] == "true"
+    parent_tags = client.get_run(result["parent_run_id"]).data.tags
+    assert parent_tags["skipped.stage1"] == "true" and parent_tags["stage1"] == "no" and parent_tags["warmup"] == "yes"
 
 
 def test_pipeline_file_errors_name_the_key(tmp_path):
