@@ -22,7 +22,9 @@ def test_report_of_a_pipeline_run(ablation_grid, tmp_path, capsys):
     result = {"parent_run_id": parent.info.run_id, "children": {c.info.run_name: c.info.run_id for c in children}}
     assert set(result["children"]) == {"warmup", "stage1", "stage2"}
     out = tmp_path / "report.html"
+    capsys.readouterr()
     main(["report", "--run-id", result["parent_run_id"], "--tracking-uri", uri, "--out", str(out), "--log-to-mlflow"])
+    assert "Downloading artifacts" not in capsys.readouterr().err  # no progress bar per artifact
     page = out.read_text()
     # the table: each stage's test metrics, as stored, and the start rows of stages evaluated first
     for stage, run_id in result["children"].items():

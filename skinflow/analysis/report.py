@@ -20,6 +20,7 @@ import base64
 import html
 import io
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -443,6 +444,8 @@ def build_report(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI) -> str:
 
 
 def report_command(argv: list[str]) -> Path:
+    # one report reads ten or more artifacts: MLflow's progress bar per download would print ten bars
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = argparse.ArgumentParser(prog="python -m skinflow report", description=__doc__.split("\n")[0])
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--tracking-uri", default=DEFAULT_TRACKING_URI)
