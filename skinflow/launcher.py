@@ -23,6 +23,11 @@ from skinflow.errors import condense_parser_error  # noqa: E402
 from skinflow.progress import PlainProgress  # noqa: E402
 from skinflow.resume import Preemption, DistributedFailure, SigtermWatch, default_run_name, mlflow_logger_args, resolve_resume, run_key  # noqa: E402
 from skinflow.stages.base import read_stage_checkpoint  # noqa: E402
+# imported so that jsonargparse knows the kit's classes by their short names: `fit --help` lists them and
+# `--model.help GRPOStage` / `--model GRPOStage` resolve
+import skinflow.data.datamodule  # noqa: E402,F401
+import skinflow.stages.grpo  # noqa: E402,F401
+import skinflow.stages.warmup  # noqa: E402,F401
 from skinflow.tracking.checkpoint_io import AtomicCheckpointIO  # noqa: E402
 from skinflow.tracking.mlflow import MLflowConfigCallback  # noqa: E402
 

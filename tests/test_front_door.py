@@ -179,3 +179,18 @@ def test_a_fit_whose_output_is_not_a_terminal_prints_progress_lines(tmp_path, mo
                        re.MULTILINE)
     assert [(int(s), int(t)) for s, t, _ in lines][:4] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert lines[-1][0] == "4" and lines[-1][2] == "2"  # the end, in the second epoch
+
+
+def test_fit_help_lists_the_kit_stages_and_short_names_resolve(capsys):
+    from skinflow.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in ("skinflow.stages.grpo.GRPOStage", "skinflow.stages.warmup.WarmupStage",
+                 "skinflow.data.datamodule.Fitzpatrick17kDataModule"):
+        assert name in text
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", "GRPOStage"])
+    out = capsys.readouterr()
+    assert "--model.group_size" in out.out and "error" not in out.err  # the short name resolved to GRPOStage
