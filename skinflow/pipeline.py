@@ -303,7 +303,27 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     client.set_terminated(parent_id, "FINISHED")
     print("\n" + format_table(result["table"]))
     print(f"\n[pipeline] parent run {parent_id} in experiment {pipeline.experiment_name!r} ({tracking_uri})")
+    group_by = ",".join([s.name for s in pipeline.stages if s.name == "stage1"] + ["dve"])  # factors it tags itself
+    print(next_steps(parent_id, pipeline.experiment_name, experiment_id, tracking_uri, group_by))
     return result
+
+
+def next_steps(parent_id: str, experiment_name: str, experiment_id: str, tracking_uri: str,
+               group_by: str = "stage1,dve") -> str:
+    """The commands to look at a finished pipeline: its report, a comparison, the MLflow UI at its run.
+
+    >>> print(next_steps("abc", "skinflow-pipeline", "1", "sqlite:///w/mlruns/mlflow.db"))  # doctest: +NORMALIZE_WHITESPACE
+    Next:
+      python -m skinflow report --run-id abc --tracking-uri sqlite:///w/mlruns/mlflow.db
+      python -m skinflow compare --experiment skinflow-pipeline --group-by stage1,dve --tracking-uri sqlite:///w/mlruns/mlflow.db
+      mlflow ui --backend-store-uri sqlite:///w/mlruns/mlflow.db   then open http://127.0.0.1:5000/#/experiments/1/runs/abc
+    """
+    store = f" --tracking-uri {tracking_uri}"
+    return ("Next:\n"
+            f"  python -m skinflow report --run-id {parent_id}{store}\n"
+            f"  python -m skinflow compare --experiment {experiment_name} --group-by {group_by}{store}\n"
+            f"  mlflow ui --backend-store-uri {tracking_uri}   then open "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{parent_id}")
 
 
 def set_factor(client, parent_id: str, given: dict | None, name: str, value: str) -> None:

@@ -75,6 +75,8 @@ def test_pipeline_makes_parent_and_child_runs_and_hands_over_small_checkpoints(t
     assert "optimizer_states" not in checkpoint and checkpoint["backbone_identity"]["preset"] == "tiny"
     out = capsys.readouterr().out
     assert "graded_top1" in out and "stage2 (start)" in out
+    assert f"python -m skinflow report --run-id {parent.info.run_id} --tracking-uri sqlite:///" in out  # what next
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in out
     # a child run is FINISHED only when its stage is done, not after its start-of-stage validation
     assert StatusAtTrainStart.seen == {"warmup": "RUNNING", "stage1": "RUNNING", "stage2": "RUNNING"}
     assert all(client.get_run(r).info.status == "FINISHED" for r in result["children"].values())
