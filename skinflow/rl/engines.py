@@ -46,10 +46,14 @@ class Sampling:
     pad_id: int = 0
     suppressed: tuple[int, ...] = ()  # never drawn (the image/video placeholders)
 
+    def token_kwargs(self) -> dict:
+        """The ``generate`` arguments every call passes, sampled or greedy: length, stop and pad ids, suppressed ids."""
+        return {"max_new_tokens": self.max_new_tokens, "pad_token_id": self.pad_id, "eos_token_id": list(self.eos_ids),
+                "suppress_tokens": list(self.suppressed)}
+
     def generate_kwargs(self) -> dict:
         """transformers ``generate`` arguments for this distribution (top-k 0: no top-k)."""
-        kwargs = {"do_sample": self.do_sample, "max_new_tokens": self.max_new_tokens, "pad_token_id": self.pad_id,
-                  "eos_token_id": list(self.eos_ids), "suppress_tokens": list(self.suppressed)}
+        kwargs = {"do_sample": self.do_sample, **self.token_kwargs()}
         if self.do_sample:  # greedy refuses num_return_sequences: ``Prompts.repeated`` expands the prompts instead
             kwargs.update(num_return_sequences=self.group_size, temperature=self.temperature, top_p=self.top_p, top_k=0)
         return kwargs

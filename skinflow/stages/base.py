@@ -25,13 +25,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from skinflow.data.formats import CAPTION_FIELDS, ParsedAnswer, Target, join_parsed, parse_answer, parse_caption
 from skinflow.data.names import file_stem
 from skinflow.data.ontology import ONTOLOGY
-from skinflow.errors import UserError
+from skinflow.errors import UserError, require
 from skinflow.metrics.clinical import BySkinType, ParseFailureRate, clinical_metrics
 from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, ranked_indices
 from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize, backbone_identity, build_backbone, count_parameters
 from skinflow.models.dve import DVESpec
 from skinflow.models.generation import as_id_list
 from skinflow.models.unwrap import bare_model
+from skinflow.rl.engines import Sampling
 from skinflow.rl.logprobs import chunked_token_logprobs, rows_per_chunk
 from skinflow.rl.rewards import REWARDS, RewardSpec
 
@@ -66,8 +67,7 @@ def weighted_token_loss(logits: torch.Tensor, labels: torch.Tensor, content: tor
     """
     logits, labels, content = logits[:, :-1].float(), labels[:, 1:], content[:, 1:]
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")  # (B, L-1)
-    weights = (labels != -100).float() * torch.where(content, content_weight, 1.0)
-    return (ce * weights).sum() / weights.sum().clamp(min=1)
+    return weighted_nll(-ce, labels != -100, content, content_weight)
 
 
 def weighted_nll(logp: torch.Tensor, valid: torch.Tensor, content: torch.Tensor, content_weight: float) -> torch.Tensor:
@@ -171,6 +171,7 @@ class SkinflowStage(LightningModule):
     def __init__(self, backbone: BackboneSpec | None = None, max_new_tokens: int = 96, init_from: str | None = None,
                  grading: GradingSpec | None = None):
         super().__init__()
+        require(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be at least 1")  # before the backbone
         self.backbone_spec = backbone or BackboneSpec()
         self.model, self.processor = build_backbone(self.backbone_spec)
         self.max_new_tokens = max_new_tokens
@@ -220,12 +221,16 @@ class SkinflowStage(LightningModule):
         """Generation stops on these: the tokenizer's EOS and the checkpoint's (``skinflow.models.generation``)."""
         return as_id_list(self.model.generation_config.eos_token_id)
 
+    def greedy_sampling(self) -> Sampling:
+        """Greedy decoding of one answer per prompt with the checkout's stop and pad ids, the placeholders
+        suppressed, ``max_new_tokens`` long; the RL stages' rollout distribution is this with sampling switched on."""
+        return Sampling(1, self.max_new_tokens, do_sample=False, eos_ids=tuple(self.stop_token_ids),
+                        pad_id=self.processor.tokenizer.pad_token_id, suppressed=tuple(self.processor.placeholder_token_ids))
+
     def generation_kwargs(self) -> dict:
         """What every ``generate`` call passes. The model's generation config holds only token ids (the checkpoint's
         sampling settings and repetition penalty are neutralised), so nothing else shapes the distribution."""
-        tok = self.processor.tokenizer
-        return {"max_new_tokens": self.max_new_tokens, "pad_token_id": tok.pad_token_id, "eos_token_id": self.stop_token_ids,
-                "suppress_tokens": self.processor.placeholder_token_ids}
+        return self.greedy_sampling().token_kwargs()
 
     @torch.no_grad()
     def generate_text(self, batch: dict) -> list[str]:
@@ -343,14 +348,21 @@ class SkinflowStage(LightningModule):
         (``skinflow.rl.logprobs``): equal to ``weighted_token_loss`` on full logits, without (B, L, V) tensors."""
         inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
         L, keep = batch["labels"].shape[1], target_window(batch["labels"])
-        core = bare_model(self.model)
-        hidden = core.model(**inputs, use_cache=False).last_hidden_state[:, L - keep:L - 1]  # (B, keep-1, H); no KV cache
+        hidden = bare_model(self.model).model(**inputs, use_cache=False).last_hidden_state  # no KV cache
         labels, content = batch["labels"][:, L - keep + 1:], batch["content_mask"][:, L - keep + 1:]  # token t+1 at t
         valid = labels != -100
-        head = core.lm_head
-        logp, _ = chunked_token_logprobs(hidden, head.weight, labels.clamp(min=0), valid,
-                                         chunk_rows=rows_per_chunk(head.out_features, LOGPROB_CHUNK_MIB), bias=head.bias)
+        logp, _ = self.head_logprobs(self.model, hidden[:, L - keep:L - 1], labels.clamp(min=0), valid, LOGPROB_CHUNK_MIB)
         return weighted_nll(logp, valid, content, content_weight)
+
+    @staticmethod
+    def head_logprobs(model: torch.nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
+                      chunk_mib: float, temperature: float = 1.0, suppressed: torch.Tensor | None = None,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``model``'s LM head applied to ``hidden`` (n, T, H), ``chunk_mib`` MiB of logits at a time: the
+        log-probabilities of ``tokens`` and the entropies at the ``mask`` positions (``chunked_token_logprobs``)."""
+        head = bare_model(model).lm_head
+        return chunked_token_logprobs(hidden, head.weight, tokens, mask, temperature, suppressed,
+                                      rows_per_chunk(head.out_features, chunk_mib), with_entropy, head.bias)
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -31,6 +31,7 @@ import time
 from typing import Literal, get_args
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -42,7 +43,6 @@ from skinflow.models.reference import disable_dropout, snapshot_trainable, swapp
 from skinflow.errors import ConfigError, require
 from skinflow.rl.grpo import LOSS_WEIGHTS, AdvantageScale, LossName, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
 from skinflow.rl.engines import EngineOutput, Prompts, Sampling, build_engine
-from skinflow.rl.logprobs import chunked_token_logprobs, rows_per_chunk
 from skinflow.rl.credit import completion_token_fields, field_token_advantages, tied_field_groups
 from skinflow.rl.rewards import FIELD_TERMS, RewardSpec, combined_reward
 from skinflow.rl.rollout import Rollout, completion_mask, shared_image_features
@@ -143,7 +143,6 @@ class GRPOStage(SkinflowStage):
             raise ConfigError(f"group_size={group_size}: GRPO needs at least 2 completions per image")
         require(temperature > 0, "temperature", temperature, "must be positive (sampling divides the logits by it)")
         require(0 < top_p <= 1, "top_p", top_p, "must be in (0, 1]")
-        require(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be at least 1")
         require(0 <= eps_low < 1, "eps_low", eps_low, "must be in [0, 1)")
         require(eps_high >= 0, "eps_high", eps_high, "must be >= 0")
         require(beta >= 0, "beta", beta, "must be >= 0 (0: no KL term)")
@@ -268,8 +267,8 @@ class GRPOStage(SkinflowStage):
         """The rollout's distribution: G samples per prompt at the stage's temperature and top-p, no top-k, the
         placeholders suppressed, the checkout's stop ids; nothing from the checkpoint's generation config."""
         hp = self.hparams
-        return Sampling(hp.group_size, self.max_new_tokens, hp.temperature, hp.top_p, True, tuple(self.stop_token_ids),
-                        self.processor.tokenizer.pad_token_id, tuple(self.processor.placeholder_token_ids))
+        return replace(self.greedy_sampling(), group_size=hp.group_size, temperature=hp.temperature, top_p=hp.top_p,
+                       do_sample=True)
 
     def sampler_and_scorer_logprobs(self, batch: dict, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A fidelity check of one rollout: (sampler log-probs (N, T), scorer log-probs (N, T), completion mask).
@@ -319,12 +318,9 @@ class GRPOStage(SkinflowStage):
             entropy = token_entropy(logits.detach(), temperature) if with_entropy else torch.zeros_like(logits[..., 0])
             return token_logprobs(logits, part.completion_ids, temperature), entropy
         T = part.completion_ids.shape[1]
-        core = bare_model(model)
-        hidden = core.model(**self.completion_inputs(model, part), use_cache=False).last_hidden_state[:, -T - 1:-1]  # (n, T, H)
-        head = core.lm_head
-        return chunked_token_logprobs(hidden, head.weight, part.completion_ids, part.completion_mask, temperature,
-                                      self.placeholder_ids(hidden.device), rows_per_chunk(head.out_features, chunk_mib),
-                                      with_entropy, head.bias)
+        hidden = bare_model(model).model(**self.completion_inputs(model, part), use_cache=False).last_hidden_state
+        return self.head_logprobs(model, hidden[:, -T - 1:-1], part.completion_ids, part.completion_mask, chunk_mib,
+                                  temperature, self.placeholder_ids(hidden.device), with_entropy)  # (n, T) each
 
     def placeholder_ids(self, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.processor.placeholder_token_ids, device=device, dtype=torch.long)

@@ -62,7 +62,6 @@ class WarmupStage(SkinflowStage):
         require(all(0 <= b < 1 for b in betas), "betas", tuple(betas), "must each be in [0, 1)")
         require(warmup_steps >= 0, "warmup_steps", warmup_steps, "must be >= 0")
         require(0 <= min_lr_ratio <= 1, "min_lr_ratio", min_lr_ratio, "must be in [0, 1]")
-        require(max_new_tokens >= 1, "max_new_tokens", max_new_tokens, "must be at least 1")
         require(content_weight > 0, "content_weight", content_weight, "must be positive (1: every target token alike)")
         super().__init__(backbone, max_new_tokens, init_from, grading)
         self.save_hyperparameters()

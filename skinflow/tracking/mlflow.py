@@ -46,6 +46,7 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         self._resumed = run_id is not None
         self._continues = run_id is not None
         self._logged_before: dict[str, int] | None = None  # key -> last step the run had when this process began
+        self._reported_drop = False
         # the pipeline sets it: a stage's child run is FINISHED when the pipeline says the stage is done, not when
         # its start-of-stage validate() or its fit() ends (failures and signals still end the run at once)
         self.hold_finished = False
@@ -69,7 +70,6 @@ class SkinflowMLFlowLogger(MLFlowLogger):
         GPU they may differ in the last digits)."""
         if self._logged_before is None:
             self._logged_before = already_logged(self.experiment, self.run_id) if self._continues else {}
-            self._reported_drop = False
         if self._logged_before and step is not None:
             kept = {k: v for k, v in metrics.items() if step > self._logged_before.get(k, -1)}
             if len(kept) < len(metrics) and not self._reported_drop:
