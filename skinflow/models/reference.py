@@ -6,7 +6,9 @@ copies the trainable parameters once, when the stage is built and ``init_from`` 
 restores a checkpoint being resumed, so a resumed run keeps the reference of the uninterrupted run. The
 snapshot is not part of the checkpoint (a 7B LoRA checkpoint stays adapter-sized); a resume rebuilds it from
 the same ``init_from``. ``swapped_parameters`` lends the snapshot's tensors to the live parameters for one
-no-grad forward (pointer swaps, no copies), so one model computes both policies.
+no-grad forward (pointer swaps, no copies), so one model computes both policies. Under FSDP2 the snapshot is
+retaken after sharding (``GRPOStage.after_sharding``): each rank holds its shard of the reference, and the swap
+copies it into the shard FSDP2 gathers from (and back), since FSDP2 ignores a pointer swap.
 
 ``disable_dropout``: GRPO scores completions in train mode (gradient checkpointing needs it) while it samples
 them in eval mode, so dropout would make the scored distribution differ from the sampled one (LoRA dropout 0.05
@@ -23,6 +25,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def snapshot_trainable(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -39,10 +42,15 @@ def swapped_parameters(module: nn.Module, weights: dict[str, torch.Tensor]) -> I
     if unknown:
         raise KeyError(f"reference weights name parameters the model lacks, e.g. {unknown[:3]} (was the model wrapped "
                        "or sharded after the snapshot was taken?)")
-    own = {}
+    own, copied = {}, {}
     try:
         for name, tensor in weights.items():
             param = params[name]
+            if isinstance(param, DTensor):  # FSDP2 gathers from the shard's own storage: copy into it, in place
+                shard = param._local_tensor
+                copied[name] = shard.clone()
+                shard.copy_(tensor._local_tensor if isinstance(tensor, DTensor) else tensor)
+                continue
             if tensor.device != param.device or tensor.dtype != param.dtype:
                 weights[name] = tensor = tensor.to(param.device, param.dtype)
             own[name], param.data = param.data, tensor
@@ -50,6 +58,8 @@ def swapped_parameters(module: nn.Module, weights: dict[str, torch.Tensor]) -> I
     finally:
         for name, data in own.items():
             params[name].data = data
+        for name, data in copied.items():
+            params[name]._local_tensor.copy_(data)
 
 
 def disable_dropout(module: nn.Module) -> int:

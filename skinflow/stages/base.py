@@ -31,6 +31,7 @@ from skinflow.metrics.grading import GradingSpec, credit_matrix, graded_score, r
 from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize, backbone_identity, build_backbone, count_parameters
 from skinflow.models.dve import DVESpec
 from skinflow.models.generation import as_id_list
+from skinflow.models.sharding import is_sharded, root_forward, shard_backbone
 from skinflow.models.unwrap import bare_model
 from skinflow.rl.engines import Sampling
 from skinflow.rl.logprobs import chunked_token_logprobs, rows_per_chunk
@@ -145,11 +146,16 @@ def prediction_rows(completions: list[str], answers: list[ParsedAnswer], targets
 
 def read_stage_checkpoint(path: str | Path) -> dict:
     """A stage checkpoint's dict; one clear error naming the file when it is missing, damaged or not a stage's."""
+    from skinflow.stages.fsdp import checkpoint_exists, is_sharded_checkpoint, read_sharded_checkpoint
+
     path = Path(path)
-    if not path.is_file():
+    if not checkpoint_exists(path):
         raise CheckpointMismatch(f"checkpoint {path} not found")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        if is_sharded_checkpoint(path):  # a distributed (FSDP2) checkpoint folder: gathered here, on one process
+            checkpoint = read_sharded_checkpoint(path)
+        else:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001  torch raises many kinds for a damaged file
         raise CheckpointMismatch(f"checkpoint {path} could not be read ({type(err).__name__}: {err})") from err
     if not isinstance(checkpoint, dict) or "backbone_identity" not in checkpoint or "state_dict" not in checkpoint:
@@ -348,11 +354,15 @@ class SkinflowStage(LightningModule):
         (``skinflow.rl.logprobs``): equal to ``weighted_token_loss`` on full logits, without (B, L, V) tensors."""
         inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
         L, keep = batch["labels"].shape[1], target_window(batch["labels"])
-        hidden = bare_model(self.model).model(**inputs, use_cache=False).last_hidden_state  # no KV cache
         labels, content = batch["labels"][:, L - keep + 1:], batch["content_mask"][:, L - keep + 1:]  # token t+1 at t
         valid = labels != -100
-        logp, _ = self.head_logprobs(self.model, hidden[:, L - keep:L - 1], labels.clamp(min=0), valid, LOGPROB_CHUNK_MIB)
-        return weighted_nll(logp, valid, content, content_weight)
+
+        def loss() -> torch.Tensor:  # one forward of the (possibly sharded) root: hidden states, then the LM head
+            hidden = bare_model(self.model).model(**inputs, use_cache=False).last_hidden_state  # no KV cache
+            logp, _ = self.head_logprobs(self.model, hidden[:, L - keep:L - 1], labels.clamp(min=0), valid, LOGPROB_CHUNK_MIB)
+            return weighted_nll(logp, valid, content, content_weight)
+
+        return root_forward(self.model, loss)
 
     @staticmethod
     def head_logprobs(model: torch.nn.Module, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
@@ -363,6 +373,26 @@ class SkinflowStage(LightningModule):
         head = bare_model(model).lm_head
         return chunked_token_logprobs(hidden, head.weight, tokens, mask, temperature, suppressed,
                                       rows_per_chunk(head.out_features, chunk_mib), with_entropy, head.bias)
+
+    # -- sharding --------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Under ``ShardedDataParallel`` (``skinflow.stages.fsdp``): shard the backbone with FSDP2 over the
+        data-parallel mesh (``skinflow.models.sharding``), then ``after_sharding``. Other strategies: nothing."""
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        from skinflow.stages.fsdp import ShardedDataParallel
+
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, ModelParallelStrategy) or is_sharded(self.model):
+            return
+        if not isinstance(strategy, ShardedDataParallel):
+            raise UserError(f"trainer.strategy {type(strategy).__name__} is not supported: use "
+                            "skinflow.stages.fsdp.ShardedDataParallel (configs/trainer/cpu_fsdp.yaml, gpu_bf16_fsdp.yaml)")
+        shard_backbone(self.model, strategy.device_mesh["data_parallel"], strategy.sharding)
+        self.after_sharding()
+
+    def after_sharding(self) -> None:
+        """Called once the backbone is sharded, before a checkpoint being resumed is restored."""
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def trainable_parameters(self) -> list[nn.Parameter]:

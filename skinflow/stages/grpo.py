@@ -38,6 +38,7 @@ import torch
 
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
+from skinflow.models.sharding import root_forward
 from skinflow.models.unwrap import bare_model
 from skinflow.models.reference import disable_dropout, snapshot_trainable, swapped_parameters
 from skinflow.errors import ConfigError, require
@@ -175,6 +176,18 @@ class GRPOStage(SkinflowStage):
         self.timings: dict[str, float] = {}  # seconds per phase of the last training step (logged as time/<phase>)
         self.save_hyperparameters()
 
+    def after_sharding(self) -> None:
+        """The KL reference taken again from the sharded weights (each rank keeps its own shard of the starting
+        policy, never the whole model); the compiled engine runs its own decode loop, which FSDP2 does not gather
+        for, so sharded stages sample with ``hf``."""
+        from skinflow.rl.engines import HFEngine
+
+        if type(self.engine) is not HFEngine:
+            raise ConfigError(f"rollout_engine={self.hparams.rollout_engine!r} does not run on a sharded (FSDP2) model; "
+                              "use rollout_engine: hf")
+        if self.hparams.beta:
+            self._reference_weights = snapshot_trainable(self)
+
     def on_train_start(self) -> None:
         super().on_train_start()
         self.check_answer_room()
@@ -301,8 +314,8 @@ class GRPOStage(SkinflowStage):
         """Next-token logits at each completion position: (n, T, V), the full-logits path (``logprob_chunk_mib: 0``)
         and the reference the chunked one is tested against."""
         T = part.completion_ids.shape[1]
-        inputs = self.completion_inputs(model, part)
-        logits = model(**inputs, logits_to_keep=T + 1, use_cache=False).logits[:, :-1]  # position t predicts token t+1
+        logits = root_forward(model, lambda: model(**self.completion_inputs(model, part), logits_to_keep=T + 1,
+                                                   use_cache=False).logits[:, :-1])  # position t predicts token t+1
         # the sampler never draws the image/video placeholders (``generation_kwargs``): score with the same support
         return logits.index_fill(-1, self.placeholder_ids(logits.device), float("-inf"))
 
@@ -318,9 +331,13 @@ class GRPOStage(SkinflowStage):
             entropy = token_entropy(logits.detach(), temperature) if with_entropy else torch.zeros_like(logits[..., 0])
             return token_logprobs(logits, part.completion_ids, temperature), entropy
         T = part.completion_ids.shape[1]
-        hidden = bare_model(model).model(**self.completion_inputs(model, part), use_cache=False).last_hidden_state
-        return self.head_logprobs(model, hidden[:, -T - 1:-1], part.completion_ids, part.completion_mask, chunk_mib,
-                                  temperature, self.placeholder_ids(hidden.device), with_entropy)  # (n, T) each
+
+        def scored() -> tuple[torch.Tensor, torch.Tensor]:  # one forward of the (possibly sharded) root
+            hidden = bare_model(model).model(**self.completion_inputs(model, part), use_cache=False).last_hidden_state
+            return self.head_logprobs(model, hidden[:, -T - 1:-1], part.completion_ids, part.completion_mask, chunk_mib,
+                                      temperature, self.placeholder_ids(hidden.device), with_entropy)  # (n, T) each
+
+        return root_forward(model, scored)
 
     def placeholder_ids(self, device: torch.device) -> torch.Tensor:
         return torch.tensor(self.processor.placeholder_token_ids, device=device, dtype=torch.long)
