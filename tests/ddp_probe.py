@@ -20,7 +20,8 @@ class RankProbe(Callback):
         for name, p in sorted(pl_module.named_parameters()):
             if p.requires_grad:
                 digest.update(name.encode())
-                digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+                local = getattr(p, "_local_tensor", p)  # a DTensor (FSDP2): this rank's shard
+                digest.update(local.detach().cpu().contiguous().numpy().tobytes())
         row = {"step": trainer.global_step, "ids": [t.md5hash for t in batch["targets"]], "weights": digest.hexdigest()}
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / f"rank{trainer.global_rank}.jsonl", "a") as handle:

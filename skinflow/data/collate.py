@@ -8,7 +8,9 @@ A batch holds, for B images:
 - ``content_mask`` (B, L): True on target tokens that carry content (caption values, answer entries) rather than
   format (tags, field names, numbering), for content-weighted losses;
 - ``prompt_ids`` / ``prompt_mask`` (B, Lp): the prompt alone, left-padded, for generation;
-- ``targets``: the ``Target`` records.
+- ``targets``: the ``Target`` records;
+- ``padding`` (B,) bool: items that only keep a process in step with the others in a multi-process evaluation
+  (``skinflow.data.order.EvenEvalShards``; whole batches, never counted).
 
 ``prompt: mixed`` (supervised warmup only) draws the prompt per item from ``warmup``, ``caption`` (items with a
 caption) and ``diagnosis``, with the matching target text, so the warmed-up model already follows the prompts the
@@ -91,4 +93,6 @@ class VisionLanguageCollator:
             **vision, "input_ids": input_ids, "attention_mask": attention_mask, "labels": label_ids,
             "content_mask": content_mask.bool(), "prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "targets": targets,
             "skipped_images": skipped,
+            # items that only keep a process in step with the others (``skinflow.data.order.EvenEvalShards``)
+            "padding": torch.tensor([bool(item.get("padding")) for item in items]),
         }

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -30,7 +29,7 @@ from skinflow.data.captions import read_captions
 from skinflow.data.collate import MIXED, PromptChoice, VisionLanguageCollator
 from skinflow.data.formats import CAPTION_COLUMNS, FREE_TEXT, IMAGE_SUFFIXES, PROMPTS, DataError, Target
 from skinflow.data.names import MD5_PATTERN, invalid_ids
-from skinflow.data.order import EpochShuffle, ResumableLoader, reseed
+from skinflow.data.order import EpochShuffle, EvenEvalShards, ResumableLoader, reseed
 from skinflow.data.ontology import ONTOLOGY, SKIN_TYPES
 from skinflow.data.splits import PRESETS, SplitPreset, assign_splits, clusters_on_two_sides, read_clusters
 from skinflow.data.synthetic import RENDER_VERSION, generate
@@ -83,7 +82,7 @@ class RecordDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """``key``: an index, or ``(index, item_seed)`` from ``EpochShuffle``: the augmentation and the ``mixed``
         prompt draw then depend on the item's seed alone (``skinflow.data.order``)."""
-        i, seed = key if isinstance(key, tuple) else (key, None)
+        i, seed, *padding = key if isinstance(key, tuple) else (key, None)
         row = self.records[i]
         try:
             with Image.open(self.image_dir / row["image_file"]) as img:
@@ -92,7 +91,8 @@ class RecordDataset(Dataset):
             return {"skipped": f"{row['md5hash']} ({self.image_dir / row['image_file']}: {type(err).__name__}: {err})"}
         if seed is not None:
             reseed(self.transform, seed)
-        return {"image": self.transform(image=image)["image"], "target": self.target(row), "seed": seed}
+        return {"image": self.transform(image=image)["image"], "target": self.target(row), "seed": seed,
+                "padding": bool(padding)}  # (index, None, "padding"): keeps a rank in step, counts for nothing
 
 
 class Fitzpatrick17kDataModule(LightningDataModule):
@@ -529,8 +529,9 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if not shuffle:
             # several processes: each evaluates its own images, none twice (DistributedSampler would repeat some to
-            # even the shards, and the reduced metrics would then differ from one process's)
-            sampler = UnrepeatedDistributedSampler(self.splits[name], num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+            # even the shards, and the reduced metrics would then differ from one process's); a rank one batch
+            # short runs one padding batch that counts for nothing, so all run the same number (FSDP2 needs it)
+            sampler = EvenEvalShards(len(self.splits[name]), world, rank, batch) if world > 1 else None
             return DataLoader(self.splits[name], shuffle=False, sampler=sampler, **options)
         sampler = EpochShuffle(len(self.splits[name]), self.training_seed, world, rank)
         if trainer is not None:

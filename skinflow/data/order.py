@@ -99,3 +99,37 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         pass  # the DataModule restored the position before this loader was built
+
+
+PADDING = "padding"  # the third element of an evaluation key that only keeps a rank in step
+
+
+class EvenEvalShards(DistributedSampler):
+    """Evaluation over several processes: rank r takes images r, r + W, r + 2W, ... (none twice, none left out),
+    and, when another rank has one batch more, one padding key ``(0, None, "padding")`` as its own last batch.
+
+    Every rank then runs the same number of evaluation batches. Under FSDP2 each forward and each ``generate`` is a
+    collective, so a rank with a batch fewer would leave the others waiting; the stages run a padding batch and
+    count nothing from it (``batch["padding"]``).
+
+    >>> [list(EvenEvalShards(17, 2, r, batch_size=8)) for r in (0, 1)][1][-1]
+    (0, None, 'padding')
+    >>> [len(EvenEvalShards(17, 2, r, batch_size=8)) for r in (0, 1)], len(EvenEvalShards(18, 2, 1, batch_size=8))
+    ([9, 9], 9)
+    """
+
+    def __init__(self, size: int, num_replicas: int, rank: int, batch_size: int):
+        self.dataset, self.num_replicas, self.rank, self.epoch, self.seed, self.shuffle = range(size), num_replicas, rank, 0, 0, False
+        self.drop_last = False
+        self.indices = list(range(rank, size, num_replicas))
+        batches = [math.ceil(len(range(r, size, num_replicas)) / batch_size) for r in range(num_replicas)]
+        self.padding = (max(batches) - batches[rank]) if size else 0  # 0 or 1: counts differ by one image at most
+        self.num_samples = self.total_size = len(self.indices) + self.padding
+
+    def __iter__(self) -> Iterator:
+        yield from self.indices
+        for _ in range(self.padding):
+            yield (0, None, PADDING)
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -144,6 +144,12 @@ def prediction_rows(completions: list[str], answers: list[ParsedAnswer], targets
     return rows
 
 
+def is_padding(batch: dict) -> bool:
+    """A batch that only keeps this process in step with the others (``skinflow.data.order.EvenEvalShards``)."""
+    padding = batch.get("padding")
+    return padding is not None and bool(padding.all())
+
+
 def read_stage_checkpoint(path: str | Path) -> dict:
     """A stage checkpoint's dict; one clear error naming the file when it is missing, damaged or not a stage's."""
     from skinflow.stages.fsdp import checkpoint_exists, is_sharded_checkpoint, read_sharded_checkpoint
@@ -246,7 +252,9 @@ class SkinflowStage(LightningModule):
         return self.processor.decode(out[:, batch["prompt_ids"].shape[1]:])
 
     def evaluate_batch(self, batch: dict, split: str) -> None:
-        completions = self.generate_text(batch)
+        completions = self.generate_text(batch)  # a padding batch too: under FSDP2 every rank takes part
+        if is_padding(batch):
+            return
         answers = [parse_answer(text) for text in completions]
         self.update_metrics(split, answers, batch["targets"])
         for name, metric in self.reward_means[split].items():
@@ -265,7 +273,9 @@ class SkinflowStage(LightningModule):
             metric.update(preds, target, fitzpatrick) if isinstance(metric, BySkinType) else metric.update(preds, target)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log(f"{self.metric_prefix}val/loss", self.teacher_forced_loss(batch), batch_size=len(batch["targets"]), sync_dist=True)
+        loss = self.teacher_forced_loss(batch)
+        if not is_padding(batch):
+            self.log(f"{self.metric_prefix}val/loss", loss, batch_size=len(batch["targets"]), sync_dist=True)
         self.evaluate_batch(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -273,6 +283,8 @@ class SkinflowStage(LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         completions = self.generate_text(batch)
+        if is_padding(batch):
+            return []
         rows = prediction_rows(completions, [parse_answer(t) for t in completions], batch["targets"], self.credit)
         self._predictions.extend(rows)
         return rows

@@ -20,6 +20,7 @@ so ``init_from`` between stages and ``export`` take sharded checkpoints as they 
 from __future__ import annotations
 
 import shutil
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def read_sharded_checkpoint(path: str | Path) -> dict:
 
     path = Path(path)
     checkpoint = torch.load(path / METADATA, map_location="cpu", weights_only=False)
-    checkpoint["state_dict"] = _load_state_dict_from_keys({"state_dict"}, checkpoint_id=str(path))["state_dict"]
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is unavailable or uninitialized")
+        checkpoint["state_dict"] = _load_state_dict_from_keys({"state_dict"}, checkpoint_id=str(path))["state_dict"]
     return checkpoint
 
 
