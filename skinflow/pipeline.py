@@ -144,8 +144,10 @@ def stage_checkpoint(default_root_dir: str, experiment_id: str, run_id: str) -> 
     """The ``last.ckpt`` a stage's trainer wrote for its child run, if any (``skinflow.resume``)."""
     from skinflow.resume import checkpoint_folder
 
+    from skinflow.stages.fsdp import checkpoint_exists
+
     last = checkpoint_folder(default_root_dir, experiment_id, run_id) / "last.ckpt"
-    return last if last.is_file() else None
+    return last if checkpoint_exists(last) else None  # a file, or a sharded (FSDP2) folder
 
 
 def find_parent(client, experiment_id: str, pipeline: Pipeline, resume: str):
@@ -193,6 +195,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
     the interrupted stage continues its child run from its ``last.ckpt`` (or starts over in it, when it stopped
     before writing one)."""
     from skinflow.launcher import TRAINER_DEFAULTS, lightning_cli
+    from skinflow.stages.fsdp import checkpoint_exists
     from skinflow.resume import CONFIG_KEY_TAG, SigtermWatch, pipeline_config_key
     from skinflow.tracking.store import git_commit, open_experiment
 
@@ -237,7 +240,7 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
             set_factor(client, parent_id, tags, stage.name, "yes")
             child = earlier.get(stage.name)
             checkpoint = checkpoints_dir / f"{stage.name}.ckpt"
-            if child is not None and child.data.tags.get("skinflow.stage_done") == "true" and checkpoint.is_file():
+            if child is not None and child.data.tags.get("skinflow.stage_done") == "true" and checkpoint_exists(checkpoint):
                 print(f"[pipeline] {stage.name}: finished in run {child.info.run_id}; not re-run")
                 child_id = child.info.run_id
                 result["children"][stage.name] = child_id

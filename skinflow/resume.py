@@ -155,8 +155,10 @@ def resolve_resume(config, key: str, default_root_dir: str, recorded_run: str | 
             "finished; pass --ckpt_path <file> to continue from one of its checkpoints, or leave --ckpt_path out "
             "to start a new run")
     logger.run_id = run.info.run_id
+    from skinflow.stages.fsdp import checkpoint_exists
+
     last = checkpoint_folder(default_root_dir, run.info.experiment_id, run.info.run_id) / "last.ckpt"
-    if last.is_file():
+    if checkpoint_exists(last):  # a file, or a sharded (FSDP2) folder
         config.ckpt_path = str(last)
         print(f"[resume] continuing MLflow run {run.info.run_id} ({run.info.run_name}) from {last}")
     else:  # a checkpoint callback with its own dirpath: Lightning searches it for last*.ckpt
