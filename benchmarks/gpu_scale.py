@@ -6,6 +6,8 @@
     python benchmarks/gpu_scale.py --tiny          # the tiny backbone on CPU (tests run this)
     python benchmarks/gpu_scale.py --engine compiled --logprob-chunk-mib 0    # one lever on, the other off
     python benchmarks/gpu_scale.py --grid          # 32 and 128 sequences x each lever on/off, one table (GPU, < 10 min)
+    python benchmarks/gpu_scale.py --fsdp --full   # the step sharded by FSDP2 (one device: the sharded path's
+                                                   # memory and time), every weight trained (no LoRA)
 
 Levers: ``--engine hf|compiled`` (the rollout engine, ``skinflow.rl.engines``) and ``--logprob-chunk-mib`` (64: the
 LM head in chunks, ``skinflow.rl.logprobs``; 0: full logits). ``benchmarks/grpo_step_scale.py`` runs the grid.
@@ -80,7 +82,13 @@ def measure(stage: GRPOStage, ns, images: int, device: str) -> dict:
               "target": Target(label, ONTOLOGY.nine(label), ONTOLOGY.three(label))} for label in labels]
     loader = DataLoader(items * (ns.warmup + 1), batch_size=images, collate_fn=VisionLanguageCollator(stage.processor, "diagnosis"))
     recorder = PhaseRecorder()
-    trainer = L.Trainer(accelerator=device, devices=1, precision="bf16-true" if device == "gpu" else "32-true",
+    strategy, precision = "auto", "bf16-true" if device == "gpu" else "32-true"
+    if ns.fsdp:  # FSDP2 (skinflow.stages.fsdp): fp32 shards under 32-true, bf16 compute on a GPU by the policy
+        from skinflow.stages.fsdp import ShardedDataParallel
+
+        strategy = ShardedDataParallel(param_dtype="bfloat16" if device == "gpu" else None, reduce_dtype="float32")
+        precision = "32-true"
+    trainer = L.Trainer(accelerator=device, devices=1, precision=precision, strategy=strategy,
                         max_steps=ns.warmup + 1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[recorder])
     trainer.fit(stage, train_dataloaders=loader)
@@ -144,6 +152,8 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--beta", type=float, default=0.04)
     parser.add_argument("--no-dve", action="store_true", help="leave the Dynamic Vision Encoder out")
+    parser.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (ShardedDataParallel) on the one device")
+    parser.add_argument("--full", action="store_true", help="train every weight (no LoRA)")
     parser.add_argument("--grid", action="store_true", help="each lever on and off at --grid-sequences, one table")
     parser.add_argument("--grid-sequences", type=int, nargs="+", default=[32, 128], help="rollout sizes of --grid")
     ns = parser.parse_args()
@@ -166,6 +176,10 @@ def main() -> None:
     else:
         spec = BackboneSpec(preset="qwen2.5-vl-7b", random_init=True, dtype="bfloat16", gradient_checkpointing=True,
                             lora=LoRASpec(r=ns.lora_r, alpha=2 * ns.lora_r), dve=DVESpec(enabled=not ns.no_dve))
+    if ns.full:
+        spec.lora = None
+        if ns.fsdp and gpu:
+            spec.dtype = "float32"  # FSDP2 keeps fp32 master shards and computes in bf16 (its policy)
     device = "gpu" if gpu else "cpu"
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -176,7 +190,7 @@ def main() -> None:
                           rollout_options={"bucket": ns.bucket} if ns.engine == "compiled" else None,
                           logprob_chunk_mib=ns.logprob_chunk_mib)
     print(f"built backbone in {time.perf_counter() - t0:.0f} s: {count_parameters(stage.model) / 1e9:.2f} B parameters, "
-          f"{count_parameters(stage.model, True) / 1e6:.1f} M trainable (LoRA + DVE heads)")
+          f"{count_parameters(stage.model, True) / 1e6:.1f} M trainable ({'every weight' if ns.full else 'LoRA + DVE heads'})")
     print(f"backbone: {spec.pretrained_path or spec.preset}; tokenizer: {len(stage.processor.tokenizer)} tokens, "
           f"stops on {stage.stop_token_ids}")
     if ns.grid:
@@ -185,7 +199,8 @@ def main() -> None:
     step = measure(stage, ns, ns.images, device)
     print(f"device: {torch.cuda.get_device_name() if device == 'gpu' else 'cpu'}; B={ns.images} G={ns.group} "
           f"new_tokens={ns.new_tokens} side={ns.side} micro_batch={ns.micro_batch} engine={ns.engine} "
-          f"logprob_chunk_mib={ns.logprob_chunk_mib:g}")
+          f"logprob_chunk_mib={ns.logprob_chunk_mib:g} strategy={'fsdp2' if ns.fsdp else 'single'} "
+          f"training={'full' if ns.full else 'lora'}")
     print_step(step)
 
 

@@ -122,6 +122,15 @@ def test_rollout_decode_prints_a_ratio_per_sequence_count(qwen_standin):
 
 
 @pytest.mark.slow
+def test_gpu_scale_runs_the_step_sharded_with_every_weight_trained():
+    """``--fsdp --full``: the GPU check of issue 26 (a 7B-shaped Stage II step under FSDP2), here on the tiny model
+    on CPU: the step runs through ShardedDataParallel and every phase is timed."""
+    out = run("gpu_scale.py", "--tiny", "--fsdp", "--full", "--warmup", "0")
+    assert "strategy=fsdp2 training=full" in out and "M trainable (every weight)" in out
+    phases = {line.split()[0] for line in out.splitlines() if line.startswith("  ")}
+    assert phases == {"rollout", "reference", "policy_forward", "backward", "optimizer"}
+
+
 def test_gpu_scale_grid_prints_every_lever_on_and_off():
     out = run("gpu_scale.py", "--tiny", "--grid", "--grid-sequences", "8", "--warmup", "0")
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("8 ")]
