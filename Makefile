@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all
+.PHONY: setup demo test test-all mutants
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,9 @@ test: $(READY)
 
 test-all: $(READY)
 	$(BIN)/python -m pytest -q -rs
+
+# mutation testing of the modules where a wrong number is silent (tools/mutants.py; not part of CI, about an hour
+# on 2 cores): MODULES="rl/grpo data/ontology" for some of them
+mutants: $(READY)
+	$(BIN)/python -m pip install -q "mutmut==3.8.1"
+	$(BIN)/python tools/mutants.py $(MODULES)

@@ -110,9 +110,22 @@ def test_micro_batches_accumulate_to_the_full_gradient(variant):
     assert torch.allclose(full.grad, split.grad, atol=1e-7)
 
 
-def test_k3_is_nonnegative_and_zero_at_equality():
-    logp, ref = -torch.rand(50), -torch.rand(50)
-    assert (k3_kl(logp, ref) >= 0).all() and torch.equal(k3_kl(logp, logp), torch.zeros(50))
+def test_k3_is_the_unbiased_kl_estimator_of_pi_against_the_reference():
+    """k3 = r - log r - 1 with r = ref / pi (Schulman's estimator of KL(pi || ref) from samples of pi): its value at
+    known ratios, zero at equality, and its mean over samples of pi equals the exact KL (the arguments swapped, it
+    is off by more than 0.1 here). The old ">= 0" check held for the swapped and sign-flipped forms too."""
+    import math
+
+    logp, ref = torch.tensor([0.0, -1.0, math.log(0.5)]), torch.tensor([math.log(2.0), -1.0, 0.0])
+    expected = torch.tensor([2 - math.log(2) - 1, 0.0, 2 - math.log(2) - 1])
+    assert torch.allclose(k3_kl(logp, ref), expected, atol=1e-6)
+    assert torch.equal(k3_kl(logp, logp), torch.zeros(3))
+    torch.manual_seed(0)
+    pi, q = torch.tensor([0.9, 0.05, 0.05]), torch.tensor([0.3, 0.3, 0.4])  # policy, reference over 3 tokens
+    draws = torch.multinomial(pi, 200_000, replacement=True)
+    exact = float((pi * (pi / q).log()).sum())  # KL(pi || ref) = 0.795
+    assert abs(float(k3_kl(pi.log()[draws], q.log()[draws]).mean()) - exact) < 0.01
+    assert abs(float(k3_kl(q.log()[draws], pi.log()[draws]).mean()) - exact) > 0.1
 
 
 def test_token_logprobs_and_entropy_match_log_softmax():
