@@ -173,3 +173,61 @@ def test_reward_options_reach_the_reward_function():
     # melanoma at rank 2 (credit 1 x 1/log2(3)); dangerous miss at rank 1; one of three entries unknown
     assert lenient == pytest.approx(1 / math.log2(3) - 0.25 / 3, rel=1e-5)
     assert default == pytest.approx(lenient - 0.5, rel=1e-5)
+
+
+def test_malignant_miss_at_k_looks_at_the_first_k_answers_only():
+    """A malignant reference is missed at k when none of the first k answers is malignant: at k = 1 a benign first
+    answer misses, at k = 2 a malignant second answer saves it, an empty slot never counts as malignant, and a
+    benign reference is never a miss. Label index 0 is among the answers (an index clamp would move it)."""
+    from skinflow.metrics.grading import EMPTY, malignant_miss
+
+    idx = ONTOLOGY.index
+    benign, malignant = idx("seborrheic keratosis"), idx("basal cell carcinoma")
+    first = ONTOLOGY.labels[0]
+    preds = torch.tensor([[benign, malignant, EMPTY], [benign, EMPTY, benign], [malignant, benign, benign],
+                          [0, EMPTY, EMPTY], [benign, benign, benign]])
+    target = torch.tensor([idx("melanoma")] * 4 + [idx("psoriasis")])
+    assert malignant_miss(preds, target, 1).tolist() == [True, True, False, not ONTOLOGY.is_malignant(first), False]
+    assert malignant_miss(preds, target, 2).tolist() == [False, True, False, not ONTOLOGY.is_malignant(first), False]
+    assert malignant_miss(preds, target, 3).tolist() == [False, True, False, not ONTOLOGY.is_malignant(first), False]
+
+
+def test_group_hits_need_an_answer_in_the_references_group():
+    """nine/three-level hits: an answer in another group is no hit however many answers there are; an answer in
+    the same group (another label) is; empty slots are never hits. Index 0 answers its own group."""
+    from skinflow.metrics.grading import EMPTY, level_hits
+
+    idx = ONTOLOGY.index
+    ref = idx("melanoma")
+    same_nine = next(l for l in ONTOLOGY.labels if ONTOLOGY.nine(l) == ONTOLOGY.nine("melanoma") and l != "melanoma")
+    other = next(l for l in ONTOLOGY.labels if ONTOLOGY.three(l) != ONTOLOGY.three("melanoma"))
+    preds = torch.tensor([[idx(other), idx(other), EMPTY], [idx(other), idx(same_nine), EMPTY], [EMPTY, EMPTY, EMPTY]])
+    target = torch.tensor([ref, ref, ref])
+    assert level_hits(preds, target, 3, "nine").tolist() == [False, True, False]
+    assert level_hits(preds, target, 1, "nine").tolist() == [False, False, False]
+    assert level_hits(preds, target, 3, "exact").tolist() == [False, False, False]
+    zero = ONTOLOGY.labels[0]
+    peer = next(l for l in ONTOLOGY.labels if ONTOLOGY.nine(l) == ONTOLOGY.nine(zero) and l != zero)
+    assert level_hits(torch.tensor([[0]]), torch.tensor([idx(peer)]), 1, "nine").tolist() == [True]
+    outsider = next(l for l in ONTOLOGY.labels if ONTOLOGY.nine(l) != ONTOLOGY.nine(zero))
+    assert level_hits(torch.tensor([[0]]), torch.tensor([idx(outsider)]), 1, "nine").tolist() == [False]
+
+
+def test_credit_of_label_index_0_is_its_own_full_credit():
+    from skinflow.metrics.grading import ranked_credit
+
+    credit = credit_matrix()
+    assert ranked_credit(torch.tensor([[0]]), torch.tensor([0]), credit).item() == 1.0
+
+
+def test_controlled_caption_fields_score_exact_matches_only():
+    """A controlled-vocabulary field (shape, colour, ...) scores 1 for the reference value and 0 for anything else,
+    even a value sharing words with it; a free-text field gets token-set F1."""
+    from skinflow.rl.rewards import field_agreement
+
+    assert field_agreement("shape", "Round", "round") == 1.0
+    assert field_agreement("shape", "round annular", "round") == 0.0  # token F1 would give 2/3
+    assert field_agreement("size", "<1 cm", "1-3 cm") == 0.0  # F1 over tokens would credit "cm"
+    assert field_agreement("surface", "scaly plaques", "scaly") == 0.0
+    assert field_agreement("surface", "scaly and silvery", "scaly, silvery") == pytest.approx(0.8)  # free text
+    assert field_agreement("shape", None, "round") == 0.0

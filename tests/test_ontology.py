@@ -63,3 +63,41 @@ def test_synonym_groups_are_known_labels_and_symmetric():
 
 def test_normalize_text():
     assert normalize_text("Lichen  Simplex, chronicus!") == "lichen simplex chronicus"
+
+
+# Clinical names and abbreviations a model writes, spelled out here rather than read from the table they check
+@pytest.mark.parametrize("text,label", [
+    ("scc", "squamous cell carcinoma"), ("SSM", "superficial spreading melanoma ssm"),
+    ("superficial spreading melanoma", "superficial spreading melanoma ssm"),
+    ("morpheaform basal cell carcinoma", "basal cell carcinoma morpheiform"), ("nevus", "nevocytic nevus"),
+    ("mole", "nevocytic nevus"), ("sebaceous nevus", "nevus sebaceous of jadassohn"),
+    ("lichen simplex chronicus", "lichen simplex"), ("hidradenitis suppurativa", "hidradenitis"),
+    ("telangiectasia", "telangiectases"), ("pemphigoid gestationis", "acquired autoimmune bullous diseaseherpes gestationis"),
+    ("herpes gestationis", "acquired autoimmune bullous diseaseherpes gestationis"),
+    ("confluent and reticulated papillomatosis", "papilomatosis confluentes and reticulate"),
+    ("fixed drug eruption", "fixed eruptions"), ("erythema migrans", "lyme disease"),
+    ("cutaneous T-cell lymphoma", "mycosis fungoides"), ("CTCL", "mycosis fungoides"), ("xanthoma", "xanthomas"),
+])
+def test_clinical_names_and_abbreviations_map_to_their_label(text, label):
+    assert canonicalize(text) == label
+
+
+CLINICALLY_EQUAL = [  # Fitzpatrick17k's README: separate classes naming one disease
+    {"pyogenic granuloma", "granuloma pyogenic"}, {"acne", "acne vulgaris"},
+    {"melanoma", "malignant melanoma", "superficial spreading melanoma ssm", "lentigo maligna"},
+    {"basal cell carcinoma", "basal cell carcinoma morpheiform", "solid cystic basal cell carcinoma"},
+    {"lupus erythematosus", "lupus subacute"}, {"lichen simplex", "neurodermatitis"},
+    {"porokeratosis actinic", "disseminated actinic porokeratosis"}, {"eczema", "dyshidrotic eczema"},
+]
+
+
+@pytest.mark.parametrize("group", CLINICALLY_EQUAL, ids=lambda g: sorted(g)[0])
+def test_each_synonym_group_is_exactly_its_clinically_equal_labels(group):
+    for label in group:
+        assert synonym_group(label) == frozenset(group)
+
+
+def test_british_spellings_accents_and_possessives_merge():
+    assert normalize_text("Haemangioma") == "hemangioma" and normalize_text("OEDEMA") == "edema"
+    assert normalize_text("Behçet's disease") == "behcet disease"
+    assert canonicalize("Seborrhoeic keratosis") == "seborrheic keratosis"
