@@ -129,3 +129,20 @@ def test_parameter_count_from_shapes():
     layer = FDLinear.from_linear(torch.nn.Linear(40, 30), num_groups=6, reduction=1 / 16, min_channels=16)
     added = sum(p.numel() for p in layer.parameters()) - (40 * 30 + 30)
     assert added == dve_head_parameters(40, 30, 6, 1 / 16, 16)
+
+
+@pytest.mark.parametrize("out_f, in_f, k", [(6, 10, 5), (7, 9, 4), (12, 5, 6)])
+def test_groups_follow_the_true_radial_frequency_on_non_square_weights(out_f, in_f, k):
+    """Each coefficient (row frequency min(o, O - o) / O, column frequency i / I) sits in a ring no lower than any
+    coefficient of strictly smaller radius sqrt(fo^2 + fi^2), and the K rings hold equal counts to within one.
+    Radii computed here from the definition, not from numpy's fftfreq; a squared term dropped, rows and columns
+    swapped or the row frequency's sign kept would break the order on these shapes."""
+    groups = frequency_groups(out_f, in_f, k)
+    fo = torch.tensor([min(o, out_f - o) / out_f for o in range(out_f)], dtype=torch.float64)[:, None]
+    fi = (torch.arange(in_f // 2 + 1, dtype=torch.float64) / in_f)[None, :]
+    radius = (fo**2 + fi**2).sqrt().flatten()
+    g = groups.flatten()
+    lower = radius[:, None] < radius[None, :] - 1e-12  # a strictly below b
+    assert (g[:, None] <= g[None, :])[lower].all()
+    counts = torch.bincount(g, minlength=k)
+    assert counts.max() - counts.min() <= 1 and len(counts) == k
