@@ -28,3 +28,12 @@ def test_parse_statuses():
     assert parse_answer("<answer>\n1. psoriasis").status == "unclosed"
     assert parse_answer("<answer>\n1. not a disease\n</answer>") .status == "empty"
     assert parse_answer("<answer>\n- Psoriasis\n* eczma\n</answer>").labels == ("psoriasis", "eczema")
+
+
+def test_an_id_must_match_the_pattern_in_full_and_be_a_plain_file_name():
+    from skinflow.data.names import invalid_ids
+
+    good = "e438ac94425903ae88ef3de457debcfc"
+    ids = [good, good + "0", "0" + good, good[:-1], good + ".jpg", f"x/{good}", good.upper(), 42, good]
+    assert invalid_ids(ids) == [1, 2, 3, 4, 5, 6, 7]
+    assert invalid_ids(["img_001", "img_001/../x", "-rf", "img_002"], pattern=r"img_\d+|-rf") == [1, 2]

@@ -38,3 +38,27 @@ def test_seeded_train_transform_repeats_its_stream():
     x = image()
     a, b = train_transform(112, seed=5), train_transform(112, seed=5)
     assert all(np.array_equal(a(image=x)["image"], b(image=x)["image"]) for _ in range(4))
+
+
+def test_every_image_mode_becomes_the_8_bit_values_a_person_would_see():
+    """16-bit by 1/257 exactly (65535 -> 255, 257 -> 1), 32-bit integers in 0-255 unchanged and in 0-65535 by
+    1/257, floats in [0, 1] by 255, other ranges stretched to 0-255, a constant image black; grey to three equal
+    channels."""
+    import numpy as np
+    from PIL import Image
+
+    from skinflow.data.transforms import to_rgb
+
+    def grey(img):
+        out = to_rgb(img)
+        assert out.dtype == np.uint8 and out.shape == (*img.size[::-1], 3)
+        assert (out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all()
+        return out[..., 0].ravel().tolist()
+
+    sixteen = Image.fromarray(np.array([[0, 257, 32896, 65535]], dtype=np.uint16))
+    assert sixteen.mode.startswith("I;16") and grey(sixteen) == [0, 1, 128, 255]
+    assert grey(Image.fromarray(np.array([[0, 7, 200, 255]], dtype=np.int32))) == [0, 7, 200, 255]
+    assert grey(Image.fromarray(np.array([[0, 514, 65535, 300]], dtype=np.int32))) == [0, 2, 255, 1]
+    assert grey(Image.fromarray(np.array([[0.0, 0.5, 1.0, 0.2]], dtype=np.float32))) == [0, 128, 255, 51]
+    assert grey(Image.fromarray(np.array([[-1.0, 0.0, 1.0, 3.0]], dtype=np.float32))) == [0, 64, 128, 255]
+    assert grey(Image.fromarray(np.array([[-5, -5]], dtype=np.int32))) == [0, 0]
