@@ -325,3 +325,74 @@ def test_judge_names_a_run_that_does_not_exist(tmp_path, monkeypatch, capsys):
         main(["judge", "--run-id", "0123456789abcdef", "--model", "m", "--base-url", "http://127.0.0.1:9/v1"])
     assert exit_info.value.code == 2
     assert "no run '0123456789abcdef' in sqlite:///" in capsys.readouterr().err
+
+
+class ScriptedClient:
+    """An OpenAI-shaped client whose replies are given in order (describer, verifier, describer, ...)."""
+
+    def __init__(self, replies: list[str]):
+        from types import SimpleNamespace
+
+        self.replies, self.api_key = list(replies), "k"
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
+
+    def create(self, **_):
+        from types import SimpleNamespace
+
+        text = self.replies.pop(0)
+        return SimpleNamespace(usage=None, choices=[SimpleNamespace(message=SimpleNamespace(content=text))])
+
+
+def caption_of(n_fields: int, extra: str = "") -> str:
+    values = ["red", "arm", "round", "plaque", "<1 cm", "well-defined", "scaly", "single"]
+    lines = [f"{field}: {value}" for field, value in zip(CAPTION_FIELDS, values[:n_fields])]
+    return "<caption>\n" + "\n".join(lines) + extra + "\n</caption>"
+
+
+@pytest.mark.parametrize("verifier, status, reason", [
+    ("<answer>\n1. malignant melanoma\n</answer>", "accepted", "accepted"),  # a synonym of the gold label
+    ("<answer>\n1. melanoma\n</answer>", "accepted", "accepted"),
+    ("<answer>\n1. nevocytic nevus\n</answer>", "rejected", "verifier_miss"),
+    ("no answer at all", "rejected", "verifier_miss"),
+])
+def test_a_caption_is_accepted_when_the_verifier_names_the_gold_label_or_its_synonym(tmp_path, verifier, status, reason):
+    from skinflow.llm.captions import caption_image
+    from skinflow.llm.client import Usage
+
+    image = tmp_path / "x.png"
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(image)
+    out = caption_image(ScriptedClient([caption_of(8), verifier]), CaptionConfig(model="m", max_attempts=1), "id", image,
+                        "melanoma", Usage())
+    assert out["status"] == status and out["attempts"][-1]["reason"] == reason
+
+
+@pytest.mark.parametrize("fields, reason", [(6, "accepted"), (5, "malformed")])
+def test_a_caption_needs_at_least_min_fields_fields(tmp_path, fields, reason):
+    from skinflow.llm.captions import caption_image
+    from skinflow.llm.client import Usage
+
+    image = tmp_path / "x.png"
+    __import__("PIL.Image").Image.new("RGB", (8, 8)).save(image)
+    out = caption_image(ScriptedClient([caption_of(fields), "<answer>\n1. psoriasis\n</answer>"]),
+                        CaptionConfig(model="m", max_attempts=1, min_fields=6), "id", image, "psoriasis", Usage())
+    assert out["attempts"][0]["reason"] == reason
+
+
+def test_a_leak_counts_the_aliases_of_every_synonym_of_the_gold_label():
+    # "ssm" is an alias of superficial spreading melanoma ssm, a synonym of melanoma (not an alias of melanoma itself)
+    assert leaked("surface: ssm-like scaling", "melanoma") == "ssm"
+    assert leaked("border: like a morpheaform basal cell carcinoma", "solid cystic basal cell carcinoma") == \
+        "morpheaform basal cell carcinoma"
+    assert leaked("surface: ssm-like scaling", "psoriasis") is None
+
+
+def test_the_judges_majority_counts_valid_replies_only():
+    from skinflow.llm.judge import majority
+
+    yes = {"top1": True, "top6": True, "dangerous_miss": True}
+    no = {"top1": False, "top6": False, "dangerous_miss": False}
+    assert majority([yes, None, None]) == yes  # one valid reply decides: the malformed two do not vote no
+    assert majority([yes, no, None]) == no  # a tie is not a majority
+    assert majority([yes, yes, no]) == yes and majority([yes, no, no, None, None]) == no
+    assert majority([None, None]) is None
+    assert cohen_kappa([1, 0, 1, 0], [1, 0, 1, 0]) == 1.0 and cohen_kappa([1, 0, 1, 0], [0, 1, 0, 1]) == -1.0
