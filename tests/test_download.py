@@ -213,3 +213,35 @@ def test_an_unread_error_body_is_not_read_as_the_next_response(tmp_path, files):
         summary = download(write_csv(tmp_path / "f.csv", rows), tmp_path / "out", cfg, progress=False)
         hits = [len(server.hits("ok", m)) for m in (md5s[1], md5s[3])]
     assert summary.fetched == 2 and hits == [1, 1]
+
+
+def test_a_long_retry_after_is_cut_to_retry_after_max():
+    """A server asking for an hour's wait gets ``retry_after_max`` seconds; a short ask is honoured as given."""
+    from urllib3 import HTTPResponse
+
+    from skinflow.data.download import DownloadConfig, make_retry
+
+    retry = make_retry(DownloadConfig(retry_after_max=7.0))
+    assert retry.get_retry_after(HTTPResponse(status=429, headers={"Retry-After": "3600"})) == 7.0
+    assert retry.get_retry_after(HTTPResponse(status=503, headers={"Retry-After": "2"})) == 2.0
+
+
+def test_an_image_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """The bytes go to a partial file beside the target and are renamed into place after fsync: a failure while
+    writing leaves neither a target nor a partial file, and a success leaves only the target."""
+    import os
+
+    from skinflow.data.download import DownloadConfig, Downloader
+
+    downloader = Downloader(tmp_path, DownloadConfig())
+    downloader._write("a" * 32, b"jpeg bytes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a" * 32 + ".jpg"]
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError):
+        downloader._write("b" * 32, b"other bytes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a" * 32 + ".jpg"]
+    assert (tmp_path / ("a" * 32 + ".jpg")).read_bytes() == b"jpeg bytes"

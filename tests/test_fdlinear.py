@@ -146,3 +146,18 @@ def test_groups_follow_the_true_radial_frequency_on_non_square_weights(out_f, in
     assert (g[:, None] <= g[None, :])[lower].all()
     counts = torch.bincount(g, minlength=k)
     assert counts.max() - counts.min() <= 1 and len(counts) == k
+
+
+def test_the_exported_static_layer_is_the_original_linear_bias_included():
+    """``export`` replaces each FDLinear with its static base linear: the converted layer's weight and bias, so a
+    stock load computes what the linear it came from computed (a dropped or zeroed bias shifts every output)."""
+    from skinflow.export import static_linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 10)
+    with torch.no_grad():
+        linear.bias.uniform_(0.5, 1.0)  # far from zero
+    static = static_linear(FDLinear.from_linear(linear, num_groups=4))
+    x = torch.randn(3, 12)
+    assert torch.allclose(static(x), linear(x), atol=1e-5)
+    assert torch.equal(static.bias, linear.bias.detach())
