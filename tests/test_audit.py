@@ -178,3 +178,28 @@ def test_shipped_audit_config_is_the_built_in_default():
     from skinflow.data.audit import AuditConfig, load_config
 
     assert AuditConfig(**load_config(REPO / "configs/audit/default.yaml")) == AuditConfig()
+
+
+def test_near_duplicates_are_named_correctly_when_blank_and_unreadable_images_come_first(tmp_path, synth_dir):
+    """Blank images are hashed but left out of the hash comparison, and unreadable ones are not hashed: the
+    near-duplicate pairs found among the rest must be mapped back to their own rows. Here every left-out image sorts
+    before the duplicates, so pairs read with the wrong offset would name the blank or another image."""
+    from skinflow.data.audit import AuditConfig, audit
+
+    df = pd.read_csv(synth_dir / "labels.csv", dtype=str, keep_default_na=False)
+    source = df.iloc[0].to_dict()
+    images, rows = tmp_path / "images", []
+    images.mkdir()
+    for shade in range(3):  # nearly blank, distinct bytes
+        add_image(images, rows, jpeg_bytes(Image.new("RGB", (160, 160), (120 + shade, 100, 90))), source, name=f"0{shade}" + "0" * 30)
+    add_image(images, rows, b"not an image", source, name="1" + "0" * 31)
+    photo = Image.open(synth_dir / "images" / f"{source['md5hash']}.jpg").convert("RGB")
+    original = add_image(images, rows, jpeg_bytes(photo, 95), source, name="f" * 32)
+    copy = add_image(images, rows, jpeg_bytes(near_copies(photo)["resize_half"], 60), source, name="e" * 32)
+    other = df.iloc[40].to_dict()
+    add_image(images, rows, (synth_dir / "images" / f"{other['md5hash']}.jpg").read_bytes(), other, name="d" * 32)
+    csv_path = tmp_path / "labels.csv"
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    audit(csv_path, images, tmp_path / "audit", AuditConfig(), progress=False)
+    clusters = pd.read_csv(tmp_path / "audit" / "clusters.csv", dtype=str)
+    assert sorted(clusters["md5hash"]) == sorted([original, copy])
