@@ -171,3 +171,57 @@ def test_clean_needs_clusters_and_keeps_the_audits_choice():
     assert list(split[[0, 1]]) == ["drop", "drop"] and split[2] != "drop"
     counts = pd.crosstab(df.label, split).drop(columns="drop")
     assert counts.loc["eczema"].to_dict() == {"test": 6, "train": 21, "val": 3}  # 70/10/20 of 30
+
+
+def test_a_cluster_is_stratified_by_its_most_common_label_ties_by_name():
+    """A cluster goes where its most common label's groups are cut (ties: the label first by name): the
+    assignment equals that of the table with every image relabelled to its cluster's label, computed here."""
+    from skinflow.data.splits import group_keys, grouped_assign
+
+    rng = np.random.default_rng(3)
+    n = 90
+    labels = pd.Series(rng.choice(["acne", "eczema", "psoriasis"], n))
+    groups = pd.Series([f"c{i // 3}" if i < 45 else None for i in range(n)])  # 15 clusters of 3, mixed labels
+    keys = group_keys(pd.DataFrame({"md5hash": [f"{i:032x}" for i in range(n)]}), groups)
+
+    def cluster_label(values: pd.Series) -> str:
+        counts = values.value_counts()
+        return min(counts.index[counts == counts.max()])  # most common, ties by name
+
+    relabelled = labels.groupby(keys).transform(cluster_label)
+    assert (relabelled != labels).any()  # some clusters do hold two labels
+    fractions = {"train": 0.6, "val": 0.2, "test": 0.2}
+    for seed in range(5):
+        assert grouped_assign(labels, keys, fractions, seed).equals(grouped_assign(relabelled, keys, fractions, seed))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_an_uneven_cluster_lands_where_its_middle_falls(seed):
+    """One label: a 40-image cluster among 60 single images, cut 50/25/25. A group goes to the split where its
+    middle image falls, so each cumulative cut (50 train, 75 train + val) is missed by at most half the group
+    straddling it: 20 images, where a group placed by its last image could miss by 40."""
+    from skinflow.data.splits import grouped_assign
+
+    keys = pd.Series(["big"] * 40 + [f"s{i}" for i in range(60)])
+    split = grouped_assign(pd.Series(["eczema"] * 100), keys, {"train": 0.5, "val": 0.25, "test": 0.25}, seed)
+    counts = split.value_counts()
+    assert abs(counts.get("train", 0) - 50) <= 20.5 and abs(counts.get("train", 0) + counts.get("val", 0) - 75) <= 20.5
+    assert (split[keys == "big"] == split[0]).all() and set(counts.index) == {"train", "val", "test"}
+
+
+def test_a_holdout_drops_the_test_labels_left_without_training_images_by_cluster_drops():
+    """Skin types 1-2 train, the rest test. Label "milia" has one train-side image, in a cluster with a test-side
+    image: dropping it (its cluster's test side defines the holdout) leaves milia without training images, so its
+    test images are dropped too; the other labels keep theirs."""
+    rows = []
+    for label in ("psoriasis", "eczema"):
+        rows += [{"label": label, "fitzpatrick_scale": t} for t in (1, 2, 1, 2, 5, 6, 5)]
+    rows += [{"label": "milia", "fitzpatrick_scale": 1}, {"label": "milia", "fitzpatrick_scale": 5},
+             {"label": "milia", "fitzpatrick_scale": 6}]
+    df = pd.DataFrame(rows)
+    df["md5hash"] = [f"{i:032x}" for i in range(len(df))]
+    df["url_alphanum"] = "x.jpg"
+    groups = pd.Series([None] * 14 + ["m", "m", None], index=df.index)
+    split = assign_splits(df, "a12", val=0.2, seed=0, groups=groups)
+    assert (split[df.label == "milia"] == "drop").all()
+    assert (split[(df.label != "milia") & df.fitzpatrick_scale.isin([5, 6])] == "test").all()
