@@ -151,3 +151,46 @@ def test_repeat_images_groups_patches_image_major():
     originals = pixels.split(grid.prod(-1).tolist())
     for n, chunk in enumerate(chunks):
         assert torch.equal(chunk, originals[n // 3])
+
+
+def test_advantages_of_pairs_single_completions_and_a_bad_scale():
+    """G = 2 divides by the pair's std (0.5 for rewards 1 and 0); G = 1 has no spread, advantage 0 under either
+    scale; an unknown scale is refused by name."""
+    from skinflow.rl.grpo import group_advantages
+
+    pair = group_advantages(torch.tensor([[1.0, 0.0]]), "std")
+    assert torch.allclose(pair, torch.tensor([[0.5 / (0.5 + 1e-4), -0.5 / (0.5 + 1e-4)]]))
+    for scale in ("std", "none"):
+        assert group_advantages(torch.tensor([[3.0], [7.0]]), scale).tolist() == [[0.0], [0.0]]
+    with pytest.raises(ValueError, match="advantage scale 'bogus' is not 'std' or 'none'"):
+        group_advantages(torch.tensor([[1.0, 0.0]]), "bogus")
+
+
+def test_a_group_ties_when_its_spread_is_at_most_the_tolerance():
+    from skinflow.rl.grpo import tied_groups
+
+    rewards = torch.tensor([[0.0, 0.5], [0.0, 0.75], [1.0, 1.0]])
+    assert tied_groups(rewards, tol=0.5).tolist() == [True, False, True]
+
+
+def test_temperature_defaults_to_1():
+    logits, tokens = torch.randn(2, 4, V), torch.randint(0, V, (2, 4))
+    logp = torch.log_softmax(logits, -1)
+    assert torch.allclose(token_logprobs(logits, tokens), logp.gather(-1, tokens[..., None])[..., 0], atol=1e-6)
+    assert torch.allclose(token_entropy(logits), -(logp.exp() * logp).sum(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["grpo", "dr_grpo", "dapo"])
+def test_loss_weights_count_only_sequences_and_tokens_that_exist(variant):
+    """An empty completion (no token before its end) carries no weight and does not count as a sequence; a single
+    one-token completion gets the whole weight 1."""
+    from skinflow.rl.grpo import LOSS_WEIGHTS
+
+    mask = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])
+    weights = LOSS_WEIGHTS[variant](mask, 3)
+    expected = {"grpo": [[1 / 4, 1 / 4, 0], [0, 0, 0], [1 / 2, 0, 0]],  # sequence means over the 2 non-empty
+                "dr_grpo": [[1 / 6, 1 / 6, 0], [0, 0, 0], [1 / 6, 0, 0]],  # / (2 sequences x 3 max tokens)
+                "dapo": [[1 / 3, 1 / 3, 0], [0, 0, 0], [1 / 3, 0, 0]]}[variant]  # / 3 tokens
+    assert torch.allclose(weights, torch.tensor(expected))
+    single = LOSS_WEIGHTS[variant](torch.tensor([[True, False]]), 1 if variant != "dr_grpo" else 1)
+    assert single.sum().item() == pytest.approx(1.0)
