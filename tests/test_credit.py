@@ -173,3 +173,53 @@ def test_grpo_stage_trains_with_field_credit(synth_dir, tmp_path):
     assert values == {-3 / 32, 1 / 32, 0.0}
     assert trainer.global_step == 2 and trainer.callback_metrics["rl/frac_zero_std_groups"] == 0.0
     assert any(not torch.equal(before[n], p) for n, p in trainable(stage).items())
+
+
+def test_a_first_token_that_decodes_to_nothing_ends_at_offset_0():
+    from skinflow.rl.credit import token_char_ends
+
+    pieces = ["", "colour", ":", " red"]  # e.g. a special token the decoder drops
+    assert token_char_ends(lambda ids: "".join(pieces[i] for i in ids), [0, 1, 2, 3]) == [0, 6, 7, 11]
+
+
+def test_a_token_ending_where_a_line_starts_is_outside_that_line():
+    """Tokens "<caption>\\n" | "colour:" | " red" | "\\n" | "</caption>": the tag token ends exactly where the colour
+    line starts and belongs to no field; the padding after a completion's end is -1 too."""
+    from skinflow.rl.credit import completion_token_fields, token_fields
+
+    text = "<caption>\ncolour: red\n</caption>"
+    ends = [10, 17, 21, 22, 32]
+    colour = CAPTION_FIELDS.index("colour")
+    assert token_fields(text, ends).tolist() == [-1, colour, colour, colour, -1]  # the line holds its newline
+    pieces = ["<caption>\n", "colour:", " red", "\n", "</caption>"]
+    ids, mask = torch.tensor([[0, 1, 2, 3, 4, 0, 0]]), torch.tensor([[True] * 5 + [False] * 2])
+    out = completion_token_fields(lambda t: "".join(pieces[i] for i in t), ids, mask, [text])
+    assert out.tolist() == [[-1, colour, colour, colour, -1, -1, -1]]
+
+
+def test_a_reference_with_one_field_gives_that_field_its_whole_centred_term():
+    """n = 1 reference field: the colour line's tokens get w (s - mean s); nothing is divided by a field count of 2."""
+    from skinflow.rl.credit import field_token_advantages
+
+    F = len(CAPTION_FIELDS)
+    colour = CAPTION_FIELDS.index("colour")
+    scores = torch.full((1, 2, F), float("nan"))
+    scores[0, :, colour] = torch.tensor([1.0, 0.0])
+    total = torch.tensor([[1.0, 0.0]])
+    token_field = torch.tensor([[[colour, -1], [colour, -1]]])
+    adv = field_token_advantages(total, scores, 1.0, token_field)
+    assert torch.allclose(adv[0, :, 0], torch.tensor([0.5, -0.5]))  # the colour token: its own term, w (s - 0.5)
+    assert torch.allclose(adv[0, :, 1], torch.tensor([0.0, 0.0]))  # outside every line: the rest, here 0
+
+
+def test_field_ties_are_judged_per_image_with_the_given_tolerance():
+    from skinflow.rl.credit import tied_field_groups
+
+    F = len(CAPTION_FIELDS)
+    total = torch.tensor([[1.0, 1.0], [1.0, 1.0]])
+    scores = torch.zeros(2, 2, F)
+    scores[1, 0, 0] = 0.4  # image 1's completions differ in field 0 by 0.4
+    assert tied_field_groups(total, scores).tolist() == [True, False]
+    assert tied_field_groups(total, scores, tol=0.5).tolist() == [True, True]
+    assert tied_field_groups(torch.tensor([[1.0, 1.3], [1.0, 1.0]]), torch.zeros(2, 2, F), tol=0.5).tolist() == [True, True]
+    assert tied_field_groups(torch.tensor([[1.0, 1.3], [1.0, 1.0]]), torch.zeros(2, 2, F)).tolist() == [False, True]
