@@ -231,3 +231,27 @@ def test_controlled_caption_fields_score_exact_matches_only():
     assert field_agreement("surface", "scaly plaques", "scaly") == 0.0
     assert field_agreement("surface", "scaly and silvery", "scaly, silvery") == pytest.approx(0.8)  # free text
     assert field_agreement("shape", None, "round") == 0.0
+
+
+def test_reward_ranges_are_tight_and_registration_stores_the_function():
+    """The documented ranges are reached: a perfect answer scores the top (1, not more), the worst ranked answer
+    (a dangerous miss with an unknown name) the bottom; a reward registered by name is that function."""
+    from skinflow.rl.rewards import REWARDS, ranked_diagnosis_reward, register, reward_range
+
+    assert reward_range("ranked_diagnosis") == (-0.75, 1.0) and reward_range("format") == (0.0, 1.0)
+    perfect = "<answer>\n1. melanoma\n</answer>"
+    assert ranked_diagnosis_reward([perfect], [target("melanoma")]).item() == pytest.approx(reward_range("ranked_diagnosis")[1])
+
+    def mine(completions, targets):
+        return torch.zeros(len(completions))
+
+    try:
+        assert register("test_registry")(mine) is mine and REWARDS["test_registry"] is mine
+    finally:
+        REWARDS.pop("test_registry", None)
+
+
+def test_a_field_outside_the_controlled_vocabularies_is_scored_by_token_f1():
+    from skinflow.rl.rewards import field_agreement
+
+    assert field_agreement("notes", "red scaly", "red") == pytest.approx(2 / 3)

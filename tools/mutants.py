@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 FAST_TESTS: dict[str, list[str]] = {
     "rl/grpo": ["tests/test_grpo_math.py", "tests/test_grpo_behaviour.py"],
     "rl/credit": ["tests/test_credit.py"],
-    "rl/rewards": ["tests/test_grpo_math.py", "tests/test_metrics.py", "tests/test_parsers_property.py", "tests/test_captions.py"],
+    "rl/rewards": ["tests/test_grpo_math.py", "tests/test_metrics.py", "tests/test_parsers_property.py", "tests/test_captions.py",
+                   "tests/test_credit.py"],
     "rl/logprobs": ["tests/test_logprobs.py"],
     "rl/rollout": ["tests/test_grpo_math.py", "tests/test_grpo_behaviour.py"],
     "metrics/grading": ["tests/test_metrics.py"],
