@@ -154,3 +154,18 @@ def test_no_vocabulary_sized_tensor_beyond_one_chunk_in_forward_or_backward(stan
     assert largest_and_kept(3.0) == (5 * vocab, 0)  # one chunk at a time; nothing of size V kept for the backward
     largest, kept = largest_and_kept(0)
     assert largest >= n_tokens * vocab and kept >= n_tokens * vocab  # the full-logits path: (n, T, V), kept
+
+
+def test_a_bias_the_defaults_and_an_empty_mask():
+    """An LM head with a bias scores with it; by default the temperature is 1 and no entropy is computed (zeros);
+    a mask that keeps no position gives (n, T) zeros for both."""
+    torch.manual_seed(0)
+    hidden, weight, bias = torch.randn(N, T, H), torch.randn(V, H), 3 * torch.randn(V)
+    tokens = torch.randint(0, V, (N, T))
+    logp, entropy = chunked_token_logprobs(hidden, weight, tokens, chunk_rows=4, bias=bias)
+    assert torch.allclose(logp, token_logprobs(hidden @ weight.T + bias, tokens), atol=1e-5)
+    assert not torch.allclose(logp, token_logprobs(hidden @ weight.T, tokens), atol=1e-2)
+    assert torch.equal(entropy, torch.zeros(N, T))
+    none = torch.zeros(N, T, dtype=torch.bool)
+    for out in chunked_token_logprobs(hidden, weight, tokens, none, with_entropy=True):
+        assert out.shape == (N, T) and not out.any()
