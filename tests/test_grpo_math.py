@@ -194,3 +194,16 @@ def test_loss_weights_count_only_sequences_and_tokens_that_exist(variant):
     assert torch.allclose(weights, torch.tensor(expected))
     single = LOSS_WEIGHTS[variant](torch.tensor([[True, False]]), 1 if variant != "dr_grpo" else 1)
     assert single.sum().item() == pytest.approx(1.0)
+
+
+def test_selecting_rows_of_a_rollout_keeps_every_per_sequence_field_and_the_images():
+    from skinflow.rl.rollout import Rollout
+
+    n = 4
+    rollout = Rollout(torch.arange(n * 2).view(n, 2), torch.ones(n, 2, dtype=torch.long), torch.randn(6, 3),
+                      torch.tensor([[1, 2, 1], [1, 2, 2]]), torch.tensor([0, 0, 1, 1]), torch.arange(n * 3).view(n, 3),
+                      torch.tensor([[True, False, False]] * n), torch.tensor([False, True, False, True]), ["a", "b", "c", "d"])
+    part = rollout.select(torch.tensor([3, 1]))
+    assert part.texts == ["d", "b"] and part.clipped.tolist() == [True, True]
+    assert part.completion_ids.tolist() == [[9, 10, 11], [3, 4, 5]] and part.image_index.tolist() == [1, 0]
+    assert part.sequence_grid_thw.tolist() == [[1, 2, 2], [1, 2, 1]] and part.pixel_values is rollout.pixel_values
