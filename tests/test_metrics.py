@@ -255,3 +255,47 @@ def test_a_field_outside_the_controlled_vocabularies_is_scored_by_token_f1():
     from skinflow.rl.rewards import field_agreement
 
     assert field_agreement("notes", "red scaly", "red") == pytest.approx(2 / 3)
+
+
+def test_every_metric_of_the_collection_computes_its_own_definition():
+    """Each logged metric of the stages' collection, updated in two chunks, equals its definition computed here
+    from the grading functions on the whole batch: the right k, level, grading and reference subset for each name;
+    the per-skin-type worst is the lowest value for a score and the highest for a miss rate; with no sample a
+    metric is NaN (the stages then log nothing)."""
+    from skinflow.metrics.grading import graded_score, level_hits, malignant_mask, malignant_miss
+
+    torch.manual_seed(0)
+    n = 40
+    target = torch.randint(0, len(ONTOLOGY.labels), (n,))
+    preds = torch.randint(0, len(ONTOLOGY.labels), (n, 6))
+    preds[:8] = target[:8, None]  # some exact hits
+    preds[5:10, 3:] = -1  # and empty ranks
+    fitz = torch.tensor([1, 2, 3, 4, 5, 6, -1, 2] * 5)
+    spec = GradingSpec()
+    credit = credit_matrix(spec)
+    collection = clinical_metrics(spec)
+    for rows in (slice(0, 17), slice(17, n)):
+        for metric in collection.values():
+            args = (preds[rows], target[rows], fitz[rows]) if isinstance(metric, BySkinType) else (preds[rows], target[rows])
+            metric.update(*args)
+    malignant = malignant_mask()[target]
+    expected = {f"top{k}_{level}": level_hits(preds, target, k, level).float().mean()
+                for level in ("exact", "nine", "three") for k in range(1, 7)}
+    expected.update({"graded_top1": graded_score(preds, target, credit, 1).mean(),
+                     "graded_top6": graded_score(preds, target, credit, 6).mean(),
+                     "malignant_miss_top1": malignant_miss(preds, target, 1)[malignant].float().mean(),
+                     "malignant_miss_top6": malignant_miss(preds, target, 6)[malignant].float().mean()})
+    assert set(expected) | {"graded_top1_by_fst", "top1_exact_by_fst"} == set(collection)
+    for name, value in expected.items():
+        assert collection[name].compute().item() == pytest.approx(value.item(), abs=1e-6), name
+    by_type = collection["graded_top1_by_fst"].compute()
+    per_type = [graded_score(preds[fitz == t], target[fitz == t], credit, 1).mean() for t in range(1, 7)]
+    assert [by_type[f"fst_{t}"].item() for t in range(1, 7)] == pytest.approx([v.item() for v in per_type], abs=1e-6)
+    assert by_type["worst"].item() == pytest.approx(min(v.item() for v in per_type), abs=1e-6)
+    misses = BySkinType(lambda: MalignantMissRate(1))
+    misses.update(preds, target, fitz)
+    rates = [v for k, v in misses.compute().items() if k.startswith("fst_") and not torch.isnan(v)]
+    assert misses.compute()["worst"].item() == pytest.approx(max(v.item() for v in rates))
+    assert torch.isnan(TopK(1).compute()) and torch.isnan(MalignantMissRate(1).compute())
+    with pytest.raises(Exception, match="level must be exact, nine or three, not 'ten'"):
+        TopK(1, "ten")
