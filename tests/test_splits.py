@@ -225,3 +225,41 @@ def test_a_holdout_drops_the_test_labels_left_without_training_images_by_cluster
     split = assign_splits(df, "a12", val=0.2, seed=0, groups=groups)
     assert (split[df.label == "milia"] == "drop").all()
     assert (split[(df.label != "milia") & df.fitzpatrick_scale.isin([5, 6])] == "test").all()
+
+
+@pytest.mark.parametrize("preset", ["a12", "a56", "source_atlas", "source_dermaamin", "random", "clean"])
+def test_the_seed_reaches_every_preset_and_the_val_share_holds(preset):
+    """Another seed draws another train/val cut (the test side of a holdout is its definition and stays); the
+    validation share of what trains is near ``val`` for every preset."""
+    df = table(per_label=40)
+    groups = pd.Series([f"c{i // 2}" if i % 10 == 0 or i % 10 == 1 else None for i in range(len(df))], index=df.index)
+    a, b, again = (assign_splits(df, preset, val=0.2, test=0.2, seed=s, groups=groups) for s in (0, 1, 0))
+    assert not a.equals(b) and a.equals(again)  # the seed decides: not the clock
+    if preset != "random" and preset != "clean":
+        assert a[a == "test"].index.equals(b[b == "test"].index)
+    trains = a.isin(["train", "val"])
+    assert abs((a[trains] == "val").mean() - (0.2 if preset not in ("random", "clean") else 0.25)) < 0.06
+
+
+def test_cluster_keys_never_merge_a_cluster_with_an_unclustered_image_of_the_same_name():
+    from skinflow.data.splits import group_keys
+
+    df = pd.DataFrame({"md5hash": ["a1", "b2", "c3"]})
+    keys = group_keys(df, pd.Series(["a1", None, "a1"]))  # a cluster id that is also an image's md5hash
+    assert keys[0] == keys[2] != keys[1] and len(set(group_keys(df, pd.Series([None, None, None])))) == 3
+    keys = group_keys(df, pd.Series([None, "a1", None]))  # image b2 in cluster "a1"; image a1 in none
+    assert keys[0] != keys[1]
+
+
+def test_an_unknown_or_missing_source_is_in_no_holdout_split():
+    df = table(n_labels=2, per_label=6)
+    df.loc[0, "url_alphanum"] = "httpelsewherecomx.jpg"
+    df.loc[1, "url_alphanum"] = None
+    assert source_of(df["url_alphanum"]).tolist()[:2] == ["unknown", "unknown"]
+    split = assign_splits(df, "source_atlas", val=0.2)
+    assert split[:2].tolist() == ["drop", "drop"] and split.index.equals(df.index)
+
+
+def test_clean_without_clusters_says_what_to_run():
+    with pytest.raises(SplitError, match="split 'clean' needs clusters_path: the near-duplicate clusters of python -m skinflow audit-data"):
+        assign_splits(table(), "clean")
