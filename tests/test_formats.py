@@ -37,3 +37,10 @@ def test_an_id_must_match_the_pattern_in_full_and_be_a_plain_file_name():
     ids = [good, good + "0", "0" + good, good[:-1], good + ".jpg", f"x/{good}", good.upper(), 42, good]
     assert invalid_ids(ids) == [1, 2, 3, 4, 5, 6, 7]
     assert invalid_ids(["img_001", "img_001/../x", "-rf", "img_002"], pattern=r"img_\d+|-rf") == [1, 2]
+
+
+def test_plain_file_names_and_stems_at_their_edges():
+    from skinflow.data.names import file_stem, plain_file_name
+
+    assert [plain_file_name(n) for n in (".", "X", "a\x00b", "-x", "~x", "x.")] == [False, True, False, False, False, True]
+    assert file_stem("XX") == "XX" and file_stem("X.png") == "X.png" and file_stem("/") == "item"
