@@ -1,3 +1,5 @@
+import pytest
+
 from skinflow.data.formats import CAPTION_FIELDS, Target, parse_answer, parse_caption, render_answer, render_caption, render_target
 
 
@@ -44,3 +46,36 @@ def test_plain_file_names_and_stems_at_their_edges():
 
     assert [plain_file_name(n) for n in (".", "X", "a\x00b", "-x", "~x", "x.")] == [False, True, False, False, False, True]
     assert file_stem("XX") == "XX" and file_stem("X.png") == "X.png" and file_stem("/") == "item"
+
+
+def test_rendered_blocks_exactly():
+    """The exact text the model is taught: numbered from 1, at most six; a caption in schema order; free text only
+    when no schema field is given; the warmup target is the caption block, one newline, the answer block."""
+    from skinflow.data.formats import Target, render_answer, render_caption, render_target
+
+    assert render_answer(["a", "b"]) == "<answer>\n1. a\n2. b\n</answer>"
+    assert render_answer([str(i) for i in range(8)]).count("\n") == 7  # six entries and the two tags
+    assert render_caption({"shape": "round", "colour": "red", "text": "ignored", "other": "x"}) == \
+        "<caption>\ncolour: red\nshape: round\n</caption>"
+    assert render_caption({"text": "a red round plaque"}) == "<caption>\na red round plaque\n</caption>"
+    target = Target("psoriasis", "n", "t", md5hash="abc", caption={"colour": "red"}, differential=("eczema",))
+    caption, answer = "<caption>\ncolour: red\n</caption>", "<answer>\n1. psoriasis\n2. eczema\n</answer>"
+    assert render_target(target, task="warmup") == caption + "\n" + answer
+    assert render_target(target, task="caption") == caption and render_target(target, task="diagnosis") == answer
+    assert render_target(target, with_caption=False, task="warmup") == answer
+    bare = Target("psoriasis", "n", "t", md5hash="abc")
+    with pytest.raises(ValueError, match="record 'abc' has no caption to teach under the caption prompt"):
+        render_target(bare, task="caption")
+
+
+def test_parse_statuses_counts_and_colons_in_values():
+    from skinflow.data.formats import parse_answer, parse_caption
+
+    assert parse_answer("no block").status == "missing" and parse_answer(None).labels == ()
+    parsed = parse_answer("<answer>\n1. psoriasis\n\n2. xyzzy\n3. qwerty\n4. eczema\n</answer>")
+    assert (parsed.labels, parsed.unknown, parsed.entries) == (("psoriasis", "eczema"), 2, 4)  # blank line skipped
+    assert parse_answer("<answer>\n1. psoriasis\n2. eczema\n3. acne\n", k=2).labels == ("psoriasis", "eczema")
+    assert parse_caption("nothing") == ({}, "missing") and parse_caption(None) == ({}, "missing")
+    assert parse_caption("<caption>\ncolour: red\n") == ({"colour": "red"}, "unclosed")
+    assert parse_caption("<caption>\nnothing here\n</caption>") == ({}, "empty")
+    assert parse_caption("<caption>\nsize: 1: 3 cm\n</caption>")[0] == {"size": "1: 3 cm"}  # the first colon splits
