@@ -161,3 +161,11 @@ def test_the_exported_static_layer_is_the_original_linear_bias_included():
     x = torch.randn(3, 12)
     assert torch.allclose(static(x), linear(x), atol=1e-5)
     assert torch.equal(static.bias, linear.bias.detach())
+
+
+def test_a_linear_without_bias_stays_without_one_and_a_bad_packing_is_named():
+    layer = FDLinear.from_linear(torch.nn.Linear(8, 6, bias=False), num_groups=4)
+    assert layer.bias is None and "bias" not in dict(layer.named_parameters())
+    with_bias = FDLinear.from_linear(torch.nn.Linear(8, 6), num_groups=4)
+    with pytest.raises(ValueError, match="cu_seqlens ends at 5 but the packed input has 7 tokens"):
+        with_bias(torch.randn(7, 8), cu_seqlens=torch.tensor([0, 2, 5]))
