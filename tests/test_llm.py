@@ -396,3 +396,16 @@ def test_the_judges_majority_counts_valid_replies_only():
     assert majority([yes, yes, no]) == yes and majority([yes, no, no, None, None]) == no
     assert majority([None, None]) is None
     assert cohen_kappa([1, 0, 1, 0], [1, 0, 1, 0]) == 1.0 and cohen_kappa([1, 0, 1, 0], [0, 1, 0, 1]) == -1.0
+
+
+def test_kappa_edges_and_a_verdict_after_a_broken_object():
+    import math
+
+    from skinflow.llm.judge import parse_verdict
+
+    assert math.isnan(cohen_kappa([], [])) and math.isnan(cohen_kappa([True], [True, False]))
+    assert math.isnan(cohen_kappa([1, 1, 1], [1, 1, 1]))  # chance agreement is total: kappa undefined
+    assert cohen_kappa([1], [0]) == 0.0 and cohen_kappa([1, 0], [1, 1]) == 0.0
+    reply = 'Thinking {not json} then {"top1": true, "top6": true, "dangerous_miss": false}'
+    assert parse_verdict(reply) == {"top1": True, "top6": True, "dangerous_miss": False}
+    assert parse_verdict(None) is None
