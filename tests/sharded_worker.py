@@ -83,7 +83,7 @@ def run(kind: str, rank: int, world: int, synth_dir: str, cache: str, out: str) 
         shard_backbone(stage.model, mesh, ShardingSpec())
         stage.after_sharding()
     optimizer = torch.optim.AdamW(stage.trainable_parameters(), lr=1e-3)
-    mine = [r for r in range(2)] if world == 1 else [rank]
+    mine = [0, 1] if world == 1 else [rank]  # one process: both ranks' batches
     record: dict = {"losses": [], "weights": [], "tokens": [], "policy": [], "reference": []}
     for step in range(STEPS):
         losses = [step_loss(kind, stage, data[2 * step + r], seed=100 * step + r, record=record) for r in mine]

@@ -87,7 +87,7 @@ def test_padding_after_a_completions_end_is_out_of_the_loss_and_the_statistics(s
     stage = lora_stage(logprob_chunk_mib=0, beta=0.0)
     stage.model.generation_config.eos_token_id = list(range(0, stage.processor.tokenizer.vocab_size, 3))  # early ends
     dm = datamodule(synth_dir, tmp_path)
-    trainer = fit(stage, dm, steps=1, )  # builds the optimizer; the checks below use the trained stage
+    trainer = fit(stage, dm, steps=1)  # builds the optimizer; the checks below use the trained stage
     batch = next(iter(trainer.datamodule.train_dataloader()))
     torch.manual_seed(1)
     rollout = stage.rollout(batch)

@@ -7,6 +7,7 @@ at most 2.4e-18); a dropped gradient, a rank's batch counted twice, a reference 
 sample that is not the one-process sample is off by 1e-4 or more.
 """
 
+import os
 import subprocess
 import sys
 
@@ -22,7 +23,7 @@ def run_worker(kind: str, world: int, synth_dir, tmp_path) -> list[dict]:
     out = tmp_path / f"{kind}-{world}"
     out.mkdir()
     done = subprocess.run([sys.executable, str(REPO / "tests/sharded_worker.py"), kind, str(world), str(synth_dir),
-                           str(tmp_path / "cache"), str(out)], cwd=REPO, env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+                           str(tmp_path / "cache"), str(out)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     return [torch.load(out / f"{kind}-{world}-rank{r}.pt") for r in range(world)]
