@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         if argv is None:
             sys.argv.remove("--debug")  # the environment variable reaches DDP's other ranks instead
         os.environ["JSONARGPARSE_DEBUG"] = "true"
-    from skinflow.errors import user_error, write_error
+    from skinflow.errors import memory_error, user_error, write_error
 
     try:
         run_command(words, from_argv=argv is None or list(argv) == sys.argv[1:])
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
             found = err
         if found is None:
             found = write_error(err)  # a full or read-only disk: one line naming the file
+        if found is None:
+            found = memory_error(err)  # out of memory: the allocator's line and the settings that lower the peak
         if found is None or debug:
             raise
         print(f"error: {found}", file=sys.stderr)

@@ -124,3 +124,35 @@ def condense_parser_error(message: str) -> str:
     if subclass and len(keys) > 1:
         keys = [keys[0], "init_args", *keys[1:]]
     return f"--{'.'.join(keys)}: {reason}"
+
+
+MEMORY_KNOBS = ("lower --data.init_args.batch_size (GRPO: --model.init_args.group_size, or --model.init_args."
+                "micro_batch_size to score fewer completions at once), set --model.init_args.backbone."
+                "gradient_checkpointing true, train LoRA adapters instead of every weight, or shard the model "
+                "with --trainer configs/trainer/gpu_bf16_fsdp.yaml (docs/scaling.md)")
+
+
+def memory_error(error: BaseException | None) -> str | None:
+    """Out of memory (a GPU's ``torch.OutOfMemoryError`` or the CPU allocator's refusal), found in ``error``'s
+    cause/context chain, as one line: the allocator's first line and the settings that lower the peak.
+
+    >>> import torch
+    >>> memory_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\\nmore")).split(";")[0]
+    'out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)'
+    >>> memory_error(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 99 bytes"))[:40]
+    "out of memory (DefaultCPUAllocator: can'"
+    >>> memory_error(RuntimeError("shape mismatch")) is None
+    True
+    """
+    import torch
+
+    seen = set()
+    while error is not None and id(error) not in seen:
+        text = str(error)
+        if isinstance(error, torch.OutOfMemoryError) or (
+                isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)):
+            first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+            return f"out of memory ({first}); {MEMORY_KNOBS}"
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -203,3 +203,15 @@ def test_near_duplicates_are_named_correctly_when_blank_and_unreadable_images_co
     audit(csv_path, images, tmp_path / "audit", AuditConfig(), progress=False)
     clusters = pd.read_csv(tmp_path / "audit" / "clusters.csv", dtype=str)
     assert sorted(clusters["md5hash"]) == sorted([original, copy])
+
+
+def test_md5_mismatch_line_says_when_every_file_is_a_resized_copy():
+    """The shared sample's files are resized copies, so none hashes to its md5hash: the summary says that is expected
+    rather than leaving 1,500 "wrong" files unexplained; a partial mismatch still asks for a look; none says 0."""
+    from skinflow.data.audit import md5_note
+
+    assert md5_note(0, 1500) == "0"
+    assert md5_note(1500, 1500).startswith("1500 (all: resized")
+    assert "not an error" in md5_note(1500, 1500)
+    partial = md5_note(3, 1500)
+    assert partial.startswith("3 (") and "check these downloads" in partial and "not an error" not in partial

@@ -194,6 +194,26 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_naming_it(tmp_path, m
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file left
 
 
+def test_out_of_memory_at_the_first_step_is_one_line_naming_the_knobs(tmp_path, monkeypatch, capsys):
+    """A GPU that runs out at the first step: the allocator's first line and the settings that lower the peak (batch
+    size, gradient checkpointing, sharding), exit 2, not a 60-line traceback through Lightning."""
+    import torch
+
+    from skinflow.stages.warmup import WarmupStage
+
+    def oom(self, batch, batch_idx):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has 2.1 GiB free.\nOf the ...")
+
+    monkeypatch.setattr(WarmupStage, "training_step", oom)
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, [*WARMUP, "--data.init_args.progress=false", "--data.init_args.synthetic_per_class=4",
+                                   "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.logger=false",
+                                   "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false"])
+    assert line.startswith("error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has 2.1 GiB free.);")
+    for knob in ("--data.init_args.batch_size", "gradient_checkpointing true", "gpu_bf16_fsdp.yaml"):
+        assert knob in line
+
+
 def test_experiments_open_in_mlflows_model_training_view(tmp_path):
     from mlflow import MlflowClient
 

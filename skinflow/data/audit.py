@@ -337,6 +337,17 @@ def contact_sheet(members: pd.DataFrame, image_dir: Path, cfg: AuditConfig):
     return sheet
 
 
+def md5_note(mismatched: int, found: int) -> str:
+    """The md5 mismatch count, with what it usually means: ``md5hash`` is the hash of the file the dataset's
+    authors downloaded, so a resized or re-encoded copy (the shared sample, a mirror's thumbnails) never matches;
+    only a few mismatches among matching files point at wrong or damaged downloads."""
+    if not mismatched:
+        return "0"
+    if mismatched == found:
+        return f"{mismatched} (all: resized or re-encoded copies, as the shared sample is, never match; not an error)"
+    return f"{mismatched} (a resized or re-encoded copy never matches; among matching files, check these downloads)"
+
+
 def summary_table(report: dict) -> str:
     rows = [
         ("images listed / found", f"{report['images_listed']} / {report['images_found']}"),
@@ -351,7 +362,7 @@ def summary_table(report: dict) -> str:
         (f"extreme aspect (> {report['config']['max_aspect']}:1)", len(report["extreme_aspect"])),
         ("nearly blank", len(report["nearly_blank"])),
         ("CSV rows repeating an md5hash", report["repeated_rows"]),
-        ("files whose bytes are not their md5hash", report["bytes_not_matching_md5hash"]),
+        ("files whose bytes are not their md5hash", md5_note(report["bytes_not_matching_md5hash"], report["images_found"])),
         ("throughput", f"{report['images_per_second']} images/s ({report['workers']} processes, {report['seconds']} s in all)"),
     ]
     width = max(len(k) for k, _ in rows)
