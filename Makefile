@@ -8,20 +8,27 @@ export HF_DATASETS_OFFLINE ?= 1
 export NO_ALBUMENTATIONS_UPDATE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test test-all mutants
+.PHONY: setup demo demo-quick test test-all mutants
 
 $(READY): pyproject.toml
+	@echo "[setup] creating $(VENV) and installing torch 2.13.0 (CPU) and the kit's packages (2-4 minutes, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch pinned first: an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	@echo "[setup] 1/2 torch 2.13.0, pinned first: an unpinned torch would pull a multi-GB CUDA build"
+	$(BIN)/python -m pip install --progress-bar off "torch==2.13.0"
+	@echo "[setup] 2/2 the kit and its packages (lightning, transformers, peft, mlflow, ...)"
+	$(BIN)/python -m pip install --progress-bar off -e ".[dev]"
 	touch $(READY)
+	@echo "[setup] done"
 
 setup: $(READY)
 
 demo: $(READY)
 	$(BIN)/python -m skinflow pipeline --config configs/pipeline/demo.yaml
+
+# a first look in about 2 minutes: the same three stages and test, a few epochs and steps each
+demo-quick: $(READY)
+	$(BIN)/python -m skinflow pipeline --config configs/pipeline/demo_quick.yaml
 
 # the default suite (CI); the demo's learning run (tests/test_demo_pipeline.py, about 13 min on 2 cores) is marked
 # slow and runs in test-all

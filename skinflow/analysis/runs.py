@@ -27,8 +27,56 @@ def cell_runs(experiment: str, row: str, seed: int, tracking_uri: str = DEFAULT_
                if r.info.status == "FINISHED"]
     if not parents:
         raise LookupError(f"no finished run of row {row!r} seed {seed} in experiment {experiment!r}")
-    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    return child_runs(client, exp, parents[0].info.run_id)
+
+
+def child_runs(client, experiment_id_: str, parent_id: str) -> dict[str, str]:
+    """``{stage name: child run id}`` of a pipeline parent run."""
+    children = client.search_runs([experiment_id_], f"tags.mlflow.parentRunId = '{parent_id}'")
     return {c.info.run_name: c.info.run_id for c in children}
+
+
+def has_dve(stage) -> bool:
+    from skinflow.models.fdlinear import FDLinear
+
+    return any(isinstance(m, FDLinear) for m in stage.model.modules())
+
+
+def encoder_models(runs, dve_row: str, plain_row: str, seed: int, stage: str,
+                   tracking_uri: str = DEFAULT_TRACKING_URI, say=print) -> tuple[dict, object]:
+    """``({"DVE": stage, "no DVE": stage}, datamodule)`` for notebook 03: the two grid cells' ``stage`` models; on
+    the demo's runs (``runs.demo``, no DVE row) the newest demo run's model alone, under the name that fits it, said
+    in one line. The DataModule is the first model's (both cells of a grid share the data)."""
+    from skinflow.analysis.sources import MAKE_GRID, NotebookError, row_runs
+
+    client = client_for(tracking_uri)
+    exp = experiment_id(client, runs.experiment)
+    if runs.demo:
+        parents = list(runs.frame.sort_values("start_time", ascending=False)["run_id"])
+        chosen = {}
+        parent, run_name = parents[0], runs.frame.set_index("run_id").loc[parents[0], "tags.skinflow.row"]
+        children = child_runs(client, exp, parent)
+        if stage not in children:
+            raise NotebookError(f"the demo run {run_name!r} ({parent[:8]}) has no {stage!r} stage; set STAGE in the "
+                                f"first cell to one of {sorted(children)}")
+        model, datamodule = stage_from_run(children[stage], tracking_uri)
+        chosen["DVE" if has_dve(model) else "no DVE"] = model
+        missing = "no DVE" if "DVE" in chosen else "DVE"
+        say(f"The demo run {run_name!r} has only a model {'with' if 'DVE' in chosen else 'without'} the DVE ({stage}); "
+            f"the {missing!r} side is left out (the grid has both: `{MAKE_GRID}`).")
+        return chosen, datamodule
+    models, datamodule = {}, None
+    for name, row in (("DVE", dve_row), ("no DVE", plain_row)):
+        if not row_runs(runs, row, seed):
+            raise NotebookError(f"no finished run of row {row!r} seed {seed} in {runs.experiment!r}; set DVE_ROW, "
+                                f"PLAIN_ROW and SEED in the first cell to rows of the grid: "
+                                f"{sorted(runs.frame['tags.skinflow.row'].astype(str).unique())}")
+        children = cell_runs(runs.experiment, row, seed, tracking_uri)
+        if stage not in children:
+            raise NotebookError(f"row {row!r} has no {stage!r} stage; set STAGE in the first cell to one of {sorted(children)}")
+        models[name], data = stage_from_run(children[stage], tracking_uri)
+        datamodule = datamodule or data
+    return models, datamodule
 
 
 def stage_from_run(run_id: str, tracking_uri: str = DEFAULT_TRACKING_URI):

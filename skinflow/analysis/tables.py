@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from skinflow.analysis.compare import client_for, runs_frame, summarize
+from skinflow.analysis.compare import client_for, summarize
+from skinflow.analysis.sources import NotebookRuns, grid_frame
 from skinflow.data.ontology import SKIN_TYPE_KEYS
 from skinflow.tracking.store import DEFAULT_TRACKING_URI
 
@@ -29,18 +30,17 @@ PAPER_COLUMNS = {  # metric key on the grid's parent runs -> column title
 def grid_runs(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None) -> pd.DataFrame:
     """The FINISHED parent runs of an ablation grid (tag ``skinflow.ablation``, default: the experiment name),
     in the grid file's row order (tag ``skinflow.row_index``), then by seed."""
-    client = client_for(tracking_uri)
-    frame = runs_frame(client, experiment, f"tags.`skinflow.ablation` = '{ablation or experiment}'")
-    if frame.empty:
-        return frame
-    order = [c for c in ("tags.skinflow.row_index", "tags.skinflow.seed") if c in frame.columns]
-    keys = frame[order].apply(pd.to_numeric, errors="coerce") if order else None
-    return frame.loc[keys.sort_values(order).index] if order else frame
+    return grid_frame(client_for(tracking_uri), experiment, ablation)
 
 
-def paper_table(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None) -> pd.DataFrame:
+def parent_runs(source: str | NotebookRuns, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None) -> pd.DataFrame:
+    """The runs a table is over: a grid experiment's (``grid_runs``), or those a notebook chose (``notebook_runs``)."""
+    return source.frame if isinstance(source, NotebookRuns) else grid_runs(source, tracking_uri, ablation)
+
+
+def paper_table(source: str | NotebookRuns, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None) -> pd.DataFrame:
     """Numeric table indexed by row: factor columns, then ``<title> mean``, ``<title> std``, ``<title> n``."""
-    frame = grid_runs(experiment, tracking_uri, ablation)
+    frame = parent_runs(source, tracking_uri, ablation)
     summary = summarize(frame, list(PAPER_COLUMNS), ["row"]).table.set_index("row")
     factors = [c for c in frame.columns if c.startswith("tags.") and c[5:] in ("stage1", "dve")]
     out = frame.groupby("tags.skinflow.row")[factors].first().rename(columns=lambda c: c[5:]) if factors else pd.DataFrame(index=summary.index)
@@ -71,11 +71,11 @@ def format_paper_table(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return out
 
 
-def skin_type_table(experiment: str, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None,
+def skin_type_table(source: str | NotebookRuns, tracking_uri: str = DEFAULT_TRACKING_URI, ablation: str | None = None,
                     metric: str = "graded_top1") -> pd.DataFrame:
     """Per row: mean over seeds of ``final/test/<metric>_by_fst/fst_t`` for each type with images, the seeds' mean
     worst type and gap, and the number of seeds."""
-    frame = grid_runs(experiment, tracking_uri, ablation)
+    frame = parent_runs(source, tracking_uri, ablation)
     keys = [f"final/test/{metric}_by_fst/{t}" for t in SKIN_TYPE_KEYS]
     present = [k for k in keys if f"metrics.{k}" in frame.columns]
     extra = [f"final/test/{metric}_by_fst/{s}" for s in ("worst", "gap")]

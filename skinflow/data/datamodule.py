@@ -110,7 +110,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             See ``skinflow.data.splits``.
         clusters_path: the near-duplicate clusters of ``python -m skinflow audit-data`` (its ``clusters.csv``):
             every preset keeps each cluster on one side of the split. Without it the data report warns that
-            near-duplicates were not checked.
+            near-duplicates were not checked (not for the embedded synthetic lesions, each drawn afresh).
         exclude_path: CSV with an ``md5hash`` column: images to leave out of every split (counted in the data
             report).
         val_fraction: share of validation rows (of the training side for holdout presets).
@@ -422,6 +422,8 @@ class Fitzpatrick17kDataModule(LightningDataModule):
     def _clusters(self, df: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
         """Cluster id per record (NaN: in no cluster) and the audit's ``keep`` mark, from ``clusters_path``."""
         if not self.hparams.clusters_path:
+            if self.hparams.csv_path is None:  # the embedded synthetic lesions: each drawn afresh, no copies to find
+                return None, None
             message = ("near-duplicates were not checked: no clusters_path, so copies of one photograph may sit on "
                        "both sides of the split (python -m skinflow audit-data writes the clusters.csv to give)")
             self.report.setdefault("warnings", []).append(message)
