@@ -14,7 +14,9 @@ as ``init_from`` does and writes into ``DIR``:
   static linear layer reproduces. In ``model/`` each FDLinear is stored as its static base linear (the layer
   with every gain at 1), so a stock load of ``model/`` is the model *without* the DVE's per-image gains;
   ``load_exported(DIR)`` re-attaches the DVE and gives the stage's exact outputs.
-- ``EXPORT.md``: what was exported, from which checkpoint, and how to load each part.
+- ``EXPORT.md``: what was exported, from which checkpoint, how to load each part, and how to ask the model about a
+  photograph: image size, prompt, processor steps and decoding, with ``run_exported.py``, the same as a script
+  (stock transformers and PEFT; no torchvision, no skinflow).
 """
 
 from __future__ import annotations
@@ -110,11 +112,103 @@ def export_stage(ckpt: str | Path, out: str | Path, merge: bool = False) -> dict
         processor.tokenizer.save_pretrained(out / "model")
         processor.image_processor.save_pretrained(out / "model")
         parts["model"] = out / "model"
-    (out / "EXPORT.md").write_text(export_note(ckpt, checkpoint, spec, parts))
+    snippet = inference_snippet(stage, checkpoint, spec, parts)
+    (out / "run_exported.py").write_text(snippet)
+    parts["script"] = out / "run_exported.py"
+    (out / "EXPORT.md").write_text(export_note(ckpt, checkpoint, spec, parts, snippet))
     return parts
 
 
-def export_note(ckpt, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Path]) -> str:
+def inference_settings(checkpoint: dict) -> tuple[int, str, bool]:
+    """``(image_size, prompt name, recorded)`` the stage was evaluated with: the DataModule's, as Lightning recorded
+    them in the checkpoint (``mixed`` prompts: the diagnosis prompt, the one the test split is answered under); else
+    the DataModule's defaults, ``recorded`` False."""
+    import inspect
+
+    from skinflow.data.datamodule import Fitzpatrick17kDataModule
+
+    defaults = {k: p.default for k, p in inspect.signature(Fitzpatrick17kDataModule).parameters.items()}
+    recorded = checkpoint.get("datamodule_hyper_parameters") or {}
+    size = int(recorded.get("image_size", defaults["image_size"]))
+    prompt = recorded.get("prompt", defaults["prompt"])
+    return size, ("diagnosis" if prompt not in PROMPT_NAMES else prompt), "image_size" in recorded
+
+
+PROMPT_NAMES = ("warmup", "caption", "diagnosis")
+
+SNIPPET = '''import sys
+
+import cv2  # opencv-python-headless (albumentations' own dependency); no torchvision needed
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+IMAGE = sys.argv[1] if len(sys.argv) > 1 else "lesion.jpg"
+SIZE = {size}  # {size_note}
+SYSTEM = {system!r}
+PROMPT = {prompt!r}
+{load}
+image_processor = Qwen2VLImageProcessorPil.from_pretrained({processor_from!r})
+
+# 1. the image as the stage saw it in evaluation: longest side SIZE px (bilinear), reflect-padded to a SIZE square
+rgb = np.asarray(Image.open(IMAGE).convert("RGB"))
+scale = SIZE / max(rgb.shape[:2])
+rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_LINEAR)
+top, left = (SIZE - rgb.shape[0]) // 2, (SIZE - rgb.shape[1]) // 2
+rgb = cv2.copyMakeBorder(rgb, top, SIZE - rgb.shape[0] - top, left, SIZE - rgb.shape[1] - left, cv2.BORDER_REFLECT_101)
+vision = image_processor(images=[rgb], return_tensors="pt")  # pixel_values, image_grid_thw (14-px patches)
+
+# 2. the prompt: the chat template with one image; its single <|image_pad|> becomes one per merged 2 x 2 patch
+messages = [{{"role": "system", "content": SYSTEM}},
+            {{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": PROMPT}}]}}]
+text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+patches = int(vision["image_grid_thw"].prod()) // image_processor.merge_size ** 2
+text = text.replace("<|image_pad|>", "<|image_pad|>" * patches)
+inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+image_token = tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+# 3. greedy decoding as skinflow evaluates: stop ids only, no repetition penalty, placeholders never generated
+with torch.no_grad():
+    out = model.generate(**inputs, **vision, mm_token_type_ids=(inputs["input_ids"] == image_token).int(),
+                         do_sample=False, max_new_tokens={max_new_tokens}, eos_token_id={eos}, pad_token_id={pad},
+                         suppress_tokens={suppress}, repetition_penalty=1.0, temperature=None, top_p=None, top_k=None)
+print(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+'''
+
+
+def inference_snippet(stage, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Path]) -> str:
+    """A script that answers for one image with stock transformers (and PEFT for an adapter), run in the export
+    folder: ``python run_exported.py lesion.jpg``; the same image size, prompt, processor steps and greedy decoding as
+    the stage's evaluation."""
+    from skinflow.data.formats import PROMPTS, SYSTEM_PROMPT
+
+    size, prompt, recorded = inference_settings(checkpoint)
+    sampling = stage.greedy_sampling()
+    max_new_tokens = (checkpoint.get("hyper_parameters") or {}).get("max_new_tokens", sampling.max_new_tokens)
+    base = spec.pretrained_path
+    if "model" in parts:
+        load = ('model = Qwen2_5_VLForConditionalGeneration.from_pretrained("model", dtype=torch.float32).eval()\n'
+                'tokenizer = AutoTokenizer.from_pretrained("model")')
+        processor_from = "model"
+    else:  # an adapter on the stock base checkpoint
+        load = ("from peft import PeftModel\n\n"
+                f"base = Qwen2_5_VLForConditionalGeneration.from_pretrained({base!r}, dtype=torch.float32)\n"
+                'model = PeftModel.from_pretrained(base, "adapter").eval()\n'
+                f"tokenizer = AutoTokenizer.from_pretrained({base!r})")
+        processor_from = base
+    if "dve" in parts:
+        load += ("\n# the DVE's per-image gains need skinflow's loader (pip install skinflow); without it the model runs"
+                 "\n# with every gain at 1:  from skinflow.export import load_exported; model = load_exported('.').eval()")
+    note = ("the DataModule's image_size this stage was trained and tested with" if recorded else
+            "the DataModule's default: this checkpoint does not record its image_size; use the run's config.yaml value")
+    return SNIPPET.format(size=size, size_note=note, system=SYSTEM_PROMPT, prompt=PROMPTS[prompt], load=load,
+                          processor_from=processor_from, max_new_tokens=max_new_tokens,
+                          eos=list(sampling.eos_ids), pad=sampling.pad_id, suppress=list(sampling.suppressed))
+
+
+def export_note(ckpt, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Path], snippet: str | None = None) -> str:
     base = spec.pretrained_path or f"the {spec.preset} preset (random init, seed {spec.seed})"
     lines = [f"# Export of {ckpt}", "", f"Stage `{checkpoint.get('skinflow_stage', '?')}` on backbone {base}.", ""]
     if "adapter" in parts:
@@ -129,6 +223,22 @@ def export_note(ckpt, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Pat
                   "computes a new weight per image. `model/` stores each FDLinear as its static base linear, so a "
                   "stock load runs without the per-image gains; `skinflow.export.load_exported('<this folder>')` "
                   "re-attaches them and reproduces the stage exactly."]
+    if snippet:
+        size, prompt, recorded = inference_settings(checkpoint)
+        lines += ["", "## Asking it about a photograph", "",
+                  f"`run_exported.py` in this folder (`python run_exported.py lesion.jpg`) is the script below: stock "
+                  "transformers (and PEFT for an adapter), no torchvision, no skinflow. It prepares the image and the "
+                  "prompt as the stage's evaluation did and decodes greedily:", "",
+                  f"- **image**: RGB, the longest side resized to {size} px (bilinear), reflect-padded to {size} x "
+                  f"{size}{'' if recorded else ' (the DataModule default: this checkpoint does not record its size)'}; "
+                  "then Qwen2-VL's PIL image processor (`Qwen2VLImageProcessorPil`: a multiple of 28 px, CLIP mean and "
+                  "std, 14-px patches, 2 x 2 merge);",
+                  f"- **prompt**: the chat template with the system prompt and one image, then the `{prompt}` prompt; "
+                  "the template writes one `<|image_pad|>`, which must be repeated once per merged patch "
+                  "(grid_t x grid_h x grid_w / 4) before tokenising: `AutoProcessor` does this, but it needs torchvision;",
+                  "- **decoding**: greedy, the checkpoint's sampling settings and repetition penalty off, stopping at "
+                  "the stop ids; the answer is `<answer>` with up to six ranked diagnoses (`1. label` per line).", "",
+                  "```python", snippet.rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
