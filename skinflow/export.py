@@ -226,7 +226,7 @@ def export_note(ckpt, checkpoint: dict, spec: BackboneSpec, parts: dict[str, Pat
     if snippet:
         size, prompt, recorded = inference_settings(checkpoint)
         lines += ["", "## Asking it about a photograph", "",
-                  f"`run_exported.py` in this folder (`python run_exported.py lesion.jpg`) is the script below: stock "
+                  "`run_exported.py` in this folder (`python run_exported.py lesion.jpg`) is the script below: stock "
                   "transformers (and PEFT for an adapter), no torchvision, no skinflow. It prepares the image and the "
                   "prompt as the stage's evaluation did and decodes greedily:", "",
                   f"- **image**: RGB, the longest side resized to {size} px (bilinear), reflect-padded to {size} x "
