@@ -121,6 +121,37 @@ def format_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = S
     return "\n".join(lines)
 
 
+def markdown_table(rows: dict[str, dict[str, float]], columns: tuple[str, ...] = SUMMARY_METRICS) -> str:
+    """The summary as a Markdown table (the parent run's description in MLflow's run page).
+
+    >>> print(markdown_table({"warmup": {"test/top1_exact": 0.5}}, ("test/top1_exact", "test/graded_top1")))
+    | stage | top1_exact | graded_top1 |
+    |---|---|---|
+    | warmup | 0.5000 | - |
+    """
+    lines = ["| stage | " + " | ".join(c.removeprefix("test/") for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for stage, metrics in rows.items():
+        lines.append(f"| {stage} | " + " | ".join(f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def run_description(table: dict[str, dict[str, float]], final_stage: str | None, next_text: str) -> str:
+    """What the parent run's page shows first (MLflow's ``mlflow.note.content``): the headline test metrics of the
+    final stage on one line (the run's ``final/test/...`` metrics), the test metrics per stage, the next commands.
+
+    >>> print(run_description({"warmup": {"test/top1_exact": 0.5}, "stage1": {}}, "warmup", "Next: ...").splitlines()[0])
+    **Final test (warmup):** top1_exact 0.5000 (the run's `final/test/...` metrics)
+    """
+    rows = {stage: metrics for stage, metrics in table.items() if metrics}  # a stage that was not tested: no row
+    head = ""
+    if final_stage and rows.get(final_stage):
+        final = rows[final_stage]
+        values = " · ".join(f"{k.removeprefix('test/')} {final[k]:.4f}" for k in HEADLINE_METRICS if k in final)
+        head = f"**Final test ({final_stage}):** {values} (the run's `final/test/...` metrics)\n\n"
+    return (f"{head}**Test metrics per stage** (`<stage> (start)`: its starting weights):\n\n{markdown_table(rows)}\n\n"
+            f"Each stage's curves are in its child run (Model metrics tab).\n\n```\n{next_text}\n```\n")
+
+
 def log_metrics(client, run_id: str, values: dict[str, float]) -> None:
     from mlflow.entities import Metric
 
@@ -303,11 +334,13 @@ def run_pipeline(pipeline: Pipeline, skip: tuple[str, ...] = (), extra_args: dic
         client.set_tag(parent_id, "skinflow.final_stage", tested[-1])
     rows = list(result["table"])
     client.log_table(parent_id, {"stage": rows, **{k: [result["table"][r].get(k) for r in rows] for k in SUMMARY_METRICS}}, "summary.json")
+    group_by = ",".join([s.name for s in pipeline.stages if s.name == "stage1"] + ["dve"])  # factors it tags itself
+    steps = next_steps(parent_id, pipeline.experiment_name, experiment_id, tracking_uri, group_by)
+    client.set_tag(parent_id, NOTE_TAG, run_description(result["table"], tested[-1] if tested else None, steps))
     client.set_terminated(parent_id, "FINISHED")
     print("\n" + format_table(result["table"]))
     print(f"\n[pipeline] parent run {parent_id} in experiment {pipeline.experiment_name!r} ({tracking_uri})")
-    group_by = ",".join([s.name for s in pipeline.stages if s.name == "stage1"] + ["dve"])  # factors it tags itself
-    print(next_steps(parent_id, pipeline.experiment_name, experiment_id, tracking_uri, group_by))
+    print(steps)
     return result
 
 
@@ -319,14 +352,31 @@ def next_steps(parent_id: str, experiment_name: str, experiment_id: str, trackin
     Next:
       python -m skinflow report --run-id abc --tracking-uri sqlite:///w/mlruns/mlflow.db
       python -m skinflow compare --experiment skinflow-pipeline --group-by stage1,dve --tracking-uri sqlite:///w/mlruns/mlflow.db
-      mlflow ui --backend-store-uri sqlite:///w/mlruns/mlflow.db   then open http://127.0.0.1:5000/#/experiments/1/runs/abc
+      mlflow ui --backend-store-uri sqlite:///w/mlruns/mlflow.db   then open
+        http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning
+
+    ``workflowType=machine_learning`` opens MLflow 3's Model training layout (runs, metrics, charts): its UI takes the
+    layout from that parameter, else from the browser's last choice, GenAI by default (MLflow 3.17).
     """
     store = f" --tracking-uri {tracking_uri}"
     return ("Next:\n"
             f"  python -m skinflow report --run-id {parent_id}{store}\n"
             f"  python -m skinflow compare --experiment {experiment_name} --group-by {group_by}{store}\n"
-            f"  mlflow ui --backend-store-uri {tracking_uri}   then open "
-            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{parent_id}")
+            f"  mlflow ui --backend-store-uri {tracking_uri}   then open\n"
+            f"    {ui_link(experiment_id, parent_id)}")
+
+
+UI_LAYOUT = "workflowType=machine_learning"  # MLflow 3's Model training layout (not its GenAI one)
+NOTE_TAG = "mlflow.note.content"  # a run's description: the top of its Overview tab
+
+
+def ui_link(experiment_id: str, run_id: str | None = None, base: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI's page of a run (or of the experiment's runs) in the Model training layout.
+
+    >>> ui_link("3"), ui_link("3", "ab")
+    ('http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning', 'http://127.0.0.1:5000/#/experiments/3/runs/ab?workflowType=machine_learning')
+    """
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + f"?{UI_LAYOUT}"
 
 
 def set_factor(client, parent_id: str, given: dict | None, name: str, value: str) -> None:

@@ -76,7 +76,12 @@ def test_pipeline_makes_parent_and_child_runs_and_hands_over_small_checkpoints(t
     out = capsys.readouterr().out
     assert "graded_top1" in out and "stage2 (start)" in out
     assert f"python -m skinflow report --run-id {parent.info.run_id} --tracking-uri sqlite:///" in out  # what next
-    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}" in out
+    assert f"#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning" in out
+    # the parent run's page opens on its headline: the final stage's test metrics, then the table per stage
+    note = parent.data.tags["mlflow.note.content"]
+    graded = parent.data.metrics["final/test/graded_top1"]
+    assert note.startswith("**Final test (stage2):** ") and f"graded_top1 {graded:.4f}" in note.splitlines()[0]
+    assert "| stage2 (start) |" in note and "| stage1 |" not in note  # stage1 is not tested in the demo
     # a child run is FINISHED only when its stage is done, not after its start-of-stage validation
     assert StatusAtTrainStart.seen == {"warmup": "RUNNING", "stage1": "RUNNING", "stage2": "RUNNING"}
     assert all(client.get_run(r).info.status == "FINISHED" for r in result["children"].values())

@@ -214,7 +214,7 @@ def test_out_of_memory_at_the_first_step_is_one_line_naming_the_knobs(tmp_path, 
         assert knob in line
 
 
-def test_experiments_open_in_mlflows_model_training_view(tmp_path):
+def test_experiments_carry_mlflows_model_training_kind(tmp_path):
     from mlflow import MlflowClient
 
     from skinflow.tracking.store import ensure_experiment

@@ -17,8 +17,8 @@ from skinflow.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACTS = "mlruns/artifacts"
-# MLflow 3's UI opens an experiment in its model-training layout (runs, metrics, charts) rather than its GenAI one
-# (traces, judges) when this tag says so
+# The experiment's kind in MLflow 3 (model training, not GenAI). MLflow 3.17's UI does not yet choose its layout from
+# it (checked in Chromium): the address's ?workflowType=machine_learning does (skinflow.pipeline.ui_link)
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 CONNECT_TIMEOUT_ENV = "SKINFLOW_TRACKING_TIMEOUT"  # seconds a tracking server has to answer (default 10)
 
