@@ -299,3 +299,86 @@ def test_every_metric_of_the_collection_computes_its_own_definition():
     assert torch.isnan(TopK(1).compute()) and torch.isnan(MalignantMissRate(1).compute())
     with pytest.raises(Exception, match="level must be exact, nine or three, not 'ten'"):
         TopK(1, "ten")
+
+
+def collection_data(n=300, seed=11):
+    """Ranked answers where top-1 and top-2 differ in outcome often, a third of references malignant, skin types 1-6."""
+    from skinflow.metrics.grading import malignant_mask
+
+    preds, target = random_ranked(n, seed=seed)
+    malignant = torch.nonzero(malignant_mask()).flatten()
+    rng = np.random.default_rng(seed)
+    pick = torch.tensor(rng.random(n) < 0.35)
+    target = torch.where(pick, malignant[torch.tensor(rng.integers(0, len(malignant), n))], target)
+    fitzpatrick = torch.tensor(rng.integers(1, 7, n))
+    return preds, target, fitzpatrick
+
+
+def test_every_collection_metric_is_its_stated_definition_under_a_non_default_grading():
+    """Each logged name computes what it says: its k, its level, the grading it was given (not the default), the
+    malignant references only; per skin type over that type's rows. A wrong k or a dropped grading changes a value."""
+    from skinflow.metrics.grading import graded_score, level_hits, malignant_mask, malignant_miss
+
+    grading = GradingSpec(exact=1.0, synonym=0.3, nine=0.2, three=0.1)
+    preds, target, fitzpatrick = collection_data()
+    credit = credit_matrix(grading)
+    malignant = malignant_mask()[target]
+    assert (malignant_miss(preds, target, 1) != malignant_miss(preds, target, 2))[malignant].any()  # k matters here
+    assert not torch.equal(graded_score(preds, target, credit, 1), graded_score(preds, target, credit_matrix(GradingSpec()), 1))
+    expected = {f"top{k}_{level}": level_hits(preds, target, k, level).float().mean()
+                for level in ("exact", "nine", "three") for k in range(1, 7)}
+    expected |= {f"graded_top{k}": graded_score(preds, target, credit, k).double().mean() for k in (1, 6)}
+    expected |= {f"malignant_miss_top{k}": malignant_miss(preds, target, k)[malignant].float().mean() for k in (1, 6)}
+    collection = clinical_metrics(grading)
+    for name, metric in collection.items():
+        if isinstance(metric, BySkinType):
+            metric.update(preds, target, fitzpatrick)
+            for t in range(1, 7):
+                rows = fitzpatrick == t
+                want = (graded_score(preds[rows], target[rows], credit, 1).double().mean() if name == "graded_top1_by_fst"
+                        else level_hits(preds[rows], target[rows], 1, "exact").float().mean())
+                assert metric.compute()[f"fst_{t}"].item() == pytest.approx(want.item(), abs=1e-6), (name, t)
+        else:
+            metric.update(preds, target)
+            assert metric.compute().item() == pytest.approx(expected[name].item(), abs=1e-6), name
+    assert {n for n in collection if not n.endswith("_by_fst")} == set(expected)
+
+
+def test_defaults_are_top1_exact_and_the_first_answer():
+    preds, target, _ = collection_data(seed=12)
+    assert TopK()(preds, target).item() == TopK(1, "exact")(preds, target).item() != TopK(2, "exact")(preds, target).item()
+    assert MalignantMissRate()(preds, target).item() == MalignantMissRate(1)(preds, target).item() \
+        != MalignantMissRate(2)(preds, target).item()
+    assert GradedScore()(preds, target).item() == GradedScore(1, GradingSpec())(preds, target).item() \
+        != GradedScore(2, GradingSpec())(preds, target).item()
+
+
+def test_metrics_merge_across_processes_by_summing_their_states():
+    """What DDP's sync does (torchmetrics' merge_state uses the same reductions): two halves merged equal the whole."""
+    preds, target, _ = collection_data(seed=13)
+    for make in (lambda: TopK(3, "nine"), lambda: GradedScore(6, GradingSpec()), lambda: MalignantMissRate(1)):
+        whole, left, right = make(), make(), make()
+        whole.update(preds, target)
+        left.update(preds[:100], target[:100])
+        right.update(preds[100:], target[100:])
+        left.merge_state(right)
+        assert left.compute().item() == pytest.approx(whole.compute().item(), abs=1e-7)
+
+
+def test_a_mean_over_many_batches_keeps_float64_precision():
+    """Thousands of evaluation batches: the sums are kept in float64, so the mean is exact to 1e-12 of the float64
+    mean (float32 sums drift by ~1e-6 here)."""
+    metric = TopK(1, "exact")
+    values = torch.tensor([1 / 3] * 7, dtype=torch.float32)
+    metric.values = lambda preds, target: (values, torch.ones(7, dtype=torch.bool))
+    for _ in range(20000):
+        metric.update(None, None)
+    exact = values.double().sum().item() * 20000 / (7 * 20000)
+    assert abs(metric.total.item() / metric.count.item() - exact) < 1e-12
+
+
+def test_the_credit_matrix_is_not_part_of_a_checkpoint():
+    """The grading comes from the config, not from an old checkpoint: the 114 x 114 credit buffer is not saved."""
+    assert "credit" not in GradedScore(1, IDENTITY).state_dict()
+    assert "credit" not in clinical_metrics(IDENTITY).state_dict() and not any(
+        k.endswith("credit") for k in clinical_metrics(IDENTITY).state_dict())
