@@ -105,3 +105,53 @@ def test_padding_reflects_the_photograph_and_the_crop_keeps_most_of_it():
         train_transform(60, colour_strength=strength)
     with pytest.raises(ValueError, match="colour_strength=0.21 is outside"):
         train_transform(60, colour_strength=0.21)
+
+
+def test_the_training_augmentation_is_the_documented_recipe():
+    """docs/data.md's recipe, setting by setting (each one a fault no image test sees reliably: a crop ratio of up
+    to 2:1 stretches lesions, no contrast jitter, jitter on every image): fit the longer side, reflect-pad both
+    sides to a square, crop 85-100% of the area at 0.9-1.1 aspect, flip half the time, rotate by 90° always,
+    colour jitter on 80% of images with brightness/contrast at the given strength, saturation 0.1, hue 0.02."""
+    import cv2
+
+    from skinflow.data.transforms import MAX_HUE_SHIFT, train_transform
+
+    steps = {type(t).__name__: t.get_transform_init_args() for t in train_transform(60, colour_strength=0.15).transforms}
+    assert list(steps) == ["LongestMaxSize", "PadIfNeeded", "RandomResizedCrop", "HorizontalFlip", "RandomRotate90", "ColorJitter"]
+    assert steps["LongestMaxSize"]["max_size"] == 60
+    pad = steps["PadIfNeeded"]
+    assert (pad["min_height"], pad["min_width"], pad["border_mode"], pad["position"]) == (60, 60, cv2.BORDER_REFLECT_101, "center")
+    crop = steps["RandomResizedCrop"]
+    assert (crop["size"], crop["scale"], crop["ratio"]) == ((60, 60), (0.85, 1.0), (0.9, 1.1))
+    assert steps["HorizontalFlip"]["p"] == 0.5 and steps["RandomRotate90"]["p"] == 1.0
+    jitter = steps["ColorJitter"]
+    assert jitter["p"] == 0.8 and jitter["brightness"] == pytest.approx((0.85, 1.15)) and jitter["contrast"] == pytest.approx((0.85, 1.15))
+    assert jitter["saturation"] == pytest.approx((0.9, 1.1)) and jitter["hue"] == pytest.approx((-MAX_HUE_SHIFT, MAX_HUE_SHIFT))
+    assert MAX_HUE_SHIFT == 0.02
+
+
+def test_ordinary_images_are_pils_own_rgb_and_the_scale_boundaries_fall_where_documented():
+    """RGB, grey, palette and RGBA images are PIL's RGB conversion (alpha dropped); at the edges of each rule: 16-bit
+    range up to 65535 inclusive (by 1/257) and 65536 stretched; 8-bit up to 255 inclusive, 256 by 1/257; floats in
+    [0, 1] inclusive at both ends by 255, 1.5 stretched; a stretch maps the range to 0-255 exactly."""
+    import numpy as np
+    from PIL import Image
+
+    from skinflow.data.transforms import to_rgb
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8))
+    for img in (rgb, rgb.convert("L"), rgb.convert("P"), rgb.convert("RGBA"), rgb.convert("CMYK")):
+        out = to_rgb(img)
+        assert out.dtype == np.uint8 and out.shape == (5, 7, 3) and np.array_equal(out, np.asarray(img.convert("RGB"))), img.mode
+
+    def grey(values, dtype):
+        return to_rgb(Image.fromarray(np.array([values], dtype=dtype)))[0, :, 0].tolist()
+
+    assert grey([514, 1028, 65535], np.int32) == [2, 4, 255]  # 65535 is still 16-bit: divided, not stretched
+    assert grey([514, 65536], np.int32) == [0, 255]  # beyond 16 bits: stretched
+    assert grey([0, 128, 256], np.int32) == [0, 0, 1]  # 256 is past 8 bits: divided by 257
+    assert grey([0.0, 0.5], np.float32) == [0, 128]  # starts at 0, ends below 1: still [0, 1] by 255
+    assert grey([0.2, 1.0], np.float32) == [51, 255]  # ends at exactly 1
+    assert grey([0.2, 0.5, 1.5], np.float32) == [0, 59, 255]  # past 1: stretched
+    assert grey([0.0, 6.0, 10.0], np.float32) == [0, 153, 255]  # the stretch: 6/10 of 255 is 153, not 154
