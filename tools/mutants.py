@@ -11,9 +11,10 @@ mutated function. The fork server imports the third-party libraries once (``tool
 mutant imports skinflow afresh, so code that runs at import (the ontology's tables) runs under the mutant.
 
 Counted per module: killed; import-broken (the mutant breaks the module's import, so every test fails: pytest
-reports an interrupted session, which mutmut files as "interrupted"; killed for this purpose); survived; no tests
-(no selected test reaches the function); timeout. Kill rate = (killed + import-broken + timeout) / (all - no
-tests). Survivors are listed with their diffs in ``<out>/<module>.survivors.txt`` (``--out``, default
+reports an interrupted session, which mutmut files as "interrupted"; killed for this purpose); survived; equivalent
+(a survivor listed in ``tools/mutants_equivalent.txt`` with the reason it cannot change behaviour); no tests (no
+selected test reaches the function); timeout. Kill rate = (killed + import-broken + timeout) / (all - no tests -
+equivalent). Survivors are listed with their diffs in ``<out>/<module>.survivors.txt`` (``--out``, default
 ``.mutants/``, ignored by git) and the table is printed and written to ``<out>/report.md``.
 """
 
@@ -49,6 +50,9 @@ FAST_TESTS: dict[str, list[str]] = {
     "llm/captions": ["tests/test_llm.py", "tests/test_captions.py"],
     "resume": ["tests/test_resume_units.py"],
 }
+# Survivors that behave exactly like the original, with the reason (tools/mutants_equivalent.txt: "<mutant name>
+# <reason>" per line). They are counted apart and left out of the kill rate; one that is killed or gone is reported.
+EQUIVALENT_FILE = REPO / "tools" / "mutants_equivalent.txt"
 STATUS = {"killed": "killed", "check was interrupted by user": "import-broken", "survived": "survived",
           "no tests": "no tests", "timeout": "timeout", "suspicious": "suspicious", "segfault": "killed"}
 
@@ -90,16 +94,37 @@ def run_module(module: str, out: Path) -> Counter:
         print(done.stdout[-2000:], done.stderr[-2000:])
         raise SystemExit(f"mutmut run failed on skinflow/{module}.py")
     rows = [line.strip().rsplit(": ", 1) for line in mutmut(folder, "results", "--all", "true").stdout.splitlines() if ": " in line]
-    counts = Counter(STATUS.get(status, status) for _, status in rows)
-    survivors = [name for name, status in rows if STATUS.get(status) == "survived"]
+    equivalent = equivalents()
+    statuses = {name: STATUS.get(status, status) for name, status in rows}
+    for name, status in statuses.items():
+        if status == "survived" and name in equivalent:
+            statuses[name] = "equivalent"
+    stale = [n for n in equivalent if n.startswith(f"skinflow.{module.replace('/', '.')}.") and statuses.get(n) != "equivalent"]
+    for name in stale:
+        print(f"note: {name} is listed as equivalent but {statuses.get(name, 'no longer exists')}")
+    counts = Counter(statuses.values())
+    survivors = [name for name, status in statuses.items() if status == "survived"]
     with open(out / f"{module.replace('/', '-')}.survivors.txt", "w") as handle:
         for name in survivors:
             handle.write(mutmut(folder, "show", name).stdout + "\n")
     return counts
 
 
+def equivalents() -> dict[str, str]:
+    """``{mutant name: reason}`` from ``EQUIVALENT_FILE`` (blank lines and ``#`` comments skipped)."""
+    if not EQUIVALENT_FILE.exists():
+        return {}
+    out = {}
+    for line in EQUIVALENT_FILE.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, reason = line.strip().partition(" ")
+            out[name] = reason.strip()
+    return out
+
+
 def rate(counts: Counter) -> float:
-    judged = sum(counts.values()) - counts["no tests"]
+    """(killed + import-broken + timeout) / (all - no tests - equivalent)."""
+    judged = sum(counts.values()) - counts["no tests"] - counts["equivalent"]
     return (counts["killed"] + counts["import-broken"] + counts["timeout"]) / max(judged, 1)
 
 
@@ -120,16 +145,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     lines = [f"mutmut 3 over skinflow at {commit}, {datetime.date.today()}", "",
-             "| module | mutants | killed | import-broken | timeout | survived | no tests | kill rate |", "|---|---|---|---|---|---|---|---|"]
+             "| module | mutants | killed | import-broken | timeout | survived | equivalent | no tests | kill rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
     total: Counter = Counter()
     for module in ns.modules or list(FAST_TESTS):
         counts = run_module(module, out)
         total += counts
         lines.append(f"| `{module}.py` | {sum(counts.values())} | {counts['killed']} | {counts['import-broken']} | "
-                     f"{counts['timeout']} | {counts['survived']} | {counts['no tests']} | {rate(counts):.1%} |")
+                     f"{counts['timeout']} | {counts['survived']} | {counts['equivalent']} | {counts['no tests']} | {rate(counts):.1%} |")
         print(lines[-1], flush=True)
     lines.append(f"| all | {sum(total.values())} | {total['killed']} | {total['import-broken']} | {total['timeout']} | "
-                 f"{total['survived']} | {total['no tests']} | {rate(total):.1%} |")
+                 f"{total['survived']} | {total['equivalent']} | {total['no tests']} | {rate(total):.1%} |")
     (out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
