@@ -86,3 +86,119 @@ class _Args(dict):
 
     def __setattr__(self, key, value):
         self[key] = value
+
+
+LOGGER = "skinflow.tracking.mlflow.SkinflowMLFlowLogger"
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An sqlite MLflow store with one experiment, and a maker of (config, logger) pairs as the CLI parses them."""
+    import mlflow
+
+    from skinflow import resume
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    experiment = client.create_experiment("skinflow", artifact_location=str(tmp_path / "artifacts"))
+    monkeypatch.setattr(resume, "MLFLOW_LOGGERS", {LOGGER})
+
+    def config(ckpt_path, run_id=None, experiment_name="skinflow"):
+        logger = SimpleNamespace(class_path=LOGGER, init_args=_Args(tracking_uri=uri, experiment_name=experiment_name, run_id=run_id))
+        return _Args(**{"ckpt_path": ckpt_path, "trainer.logger": logger}), logger
+
+    return SimpleNamespace(uri=uri, client=client, experiment=experiment, config=config, root=tmp_path / "mlruns")
+
+
+def run_with_key(store, key, status=None):
+    from skinflow import resume
+
+    run = store.client.create_run(store.experiment, tags={resume.RUN_KEY_TAG: key})
+    if status:
+        store.client.set_terminated(run.info.run_id, status)
+    return run.info.run_id
+
+
+def test_last_continues_an_unfinished_run_from_its_last_ckpt(store):
+    from skinflow import resume
+
+    run_id = run_with_key(store, "k", status="KILLED")
+    last = resume.checkpoint_folder(store.root, store.experiment, run_id) / "last.ckpt"
+    assert last == store.root / store.experiment / run_id / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"x")
+    config, logger = store.config("last")
+    resume.resolve_resume(config, "k", str(store.root))
+    assert logger.init_args.run_id == run_id and config.ckpt_path == str(last)
+
+
+def test_last_without_a_last_ckpt_leaves_the_search_to_lightning(store, capsys):
+    from skinflow import resume
+
+    run_id = run_with_key(store, "k")
+    config, logger = store.config("last")
+    resume.resolve_resume(config, "k", str(store.root))
+    assert logger.init_args.run_id == run_id and config.ckpt_path == "last"
+    assert "not found, so Lightning looks in the checkpoint callback's folder" in capsys.readouterr().out
+
+
+def test_last_with_no_earlier_run_or_no_experiment_starts_afresh(store, capsys):
+    from skinflow import resume
+
+    run_with_key(store, "other")
+    for experiment_name in ("skinflow", "not-made-yet"):
+        config, logger = store.config("last", experiment_name=experiment_name)
+        resume.resolve_resume(config, "k", str(store.root))
+        assert config.ckpt_path is None and logger.init_args.run_id is None
+        assert "no earlier run of this config (run key k)" in capsys.readouterr().out
+
+
+def test_last_refuses_a_finished_newest_run_unless_the_run_is_named(store):
+    from skinflow import resume
+
+    run_id = run_with_key(store, "k", status="FINISHED")
+    config, _ = store.config("last")
+    with pytest.raises(resume.ResumeError, match=f"the newest run of this config, {run_id} .* already finished"):
+        resume.resolve_resume(config, "k", str(store.root))
+    config, logger = store.config("last", run_id=run_id)  # named: continued even though it finished
+    resume.resolve_resume(config, "k", str(store.root))
+    assert logger.init_args.run_id == run_id
+
+
+def test_last_with_a_named_run_that_does_not_exist_is_refused(store):
+    from skinflow import resume
+
+    config, _ = store.config("last", run_id="0123456789abcdef0123456789abcdef")
+    with pytest.raises(resume.ResumeError, match="no MLflow run '0123456789abcdef0123456789abcdef'"):
+        resume.resolve_resume(config, "k", str(store.root))
+
+
+def test_a_checkpoint_file_continues_the_run_it_recorded_if_that_run_exists(store, capsys):
+    from skinflow import resume
+
+    recorded = run_with_key(store, "k", status="KILLED")
+    config, logger = store.config("some/epoch.ckpt")
+    resume.resolve_resume(config, "k", str(store.root), recorded_run=recorded)
+    assert logger.init_args.run_id == recorded and config.ckpt_path == "some/epoch.ckpt"
+    assert f"continuing MLflow run {recorded}" in capsys.readouterr().out
+    config, logger = store.config("some/epoch.ckpt")
+    resume.resolve_resume(config, "k", str(store.root), recorded_run="f" * 32)  # gone from this store: a new run
+    assert logger.init_args.run_id is None
+    config, logger = store.config("some/epoch.ckpt", run_id="given")  # a run named on the command line wins
+    resume.resolve_resume(config, "k", str(store.root), recorded_run=recorded)
+    assert logger.init_args.run_id == "given"
+
+
+def test_nothing_to_resolve_without_a_ckpt_path_or_an_mlflow_logger(store):
+    from skinflow import resume
+
+    run_with_key(store, "k")
+    config, logger = store.config(None)
+    resume.resolve_resume(config, "k", str(store.root))
+    assert config.ckpt_path is None and logger.init_args.run_id is None
+    for other in (False, None, [SimpleNamespace(class_path=LOGGER)], SimpleNamespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=_Args())):
+        config = _Args(**{"ckpt_path": "last", "trainer.logger": other})
+        assert resume.mlflow_logger_args(config) is None
+        resume.resolve_resume(config, "k", str(store.root))
+        assert config.ckpt_path == "last"
+    assert resume.mlflow_logger_args(_Args(ckpt_path="last")) is None  # no trainer.logger key at all

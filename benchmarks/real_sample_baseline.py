@@ -1,0 +1,272 @@
+"""Plain classifiers beside the VLM on the 1,500 real Fitzpatrick17k photographs: what top-1 is reachable on exactly
+the split, images and augmentation the DataModule gives the VLM (issue 29's baseline and first diagnosis).
+
+    python benchmarks/real_sample_baseline.py                        # 3 seeds x (cnn, tower, probe), ~15 min on 2 cores
+    python benchmarks/real_sample_baseline.py --arms cnn --seeds 0   # one arm, one seed
+    python benchmarks/real_sample_baseline.py --vlm                  # also the kit's warmup recipe (~20 min a seed)
+    python benchmarks/real_sample_baseline.py --save-grid grid.png   # a training batch as it enters the model
+
+Arms, each trained from scratch per seed with AdamW and cross-entropy over the training split's labels:
+
+- ``cnn``: a 1.2 M-parameter CNN built from ``torch.nn`` (four conv-BN-ReLU stages, global average pool, linear);
+- ``tower``: the tiny preset's own vision tower (random init, as the VLM starts) plus a linear head on its mean
+  merged token, trained end to end: the architecture without the language model;
+- ``probe``: the same tower frozen at its random init, only the linear head trained: what a random tower passes on;
+- ``vlm`` (``--vlm``): ``fit --config configs/experiment/warmup_tiny_real_sample.yaml`` with the seed, its test
+  metrics as the kit logs them.
+
+Images come from the DataModule of ``configs/data/real_sample.yaml`` (its split, seed, ``image_size``, training
+augmentation stream and evaluation transform); the CNN sees the same uint8 square as the processor, normalised with
+the processor's mean and std; the tower arms see the processor's own ``pixel_values``. Reported on the test split:
+top-1 and top-6 over the training labels, three-class (the three-partition class of the first answer). Mean ± std
+over seeds (sample std).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from skinflow.data.ontology import ONTOLOGY  # noqa: E402
+
+ARMS = ("cnn", "tower", "probe")
+
+
+def datamodule(seed: int, image_size: int | None = None):
+    """The real-sample DataModule exactly as the VLM's recipe builds it (the YAML's init_args), set up."""
+    import yaml
+
+    from skinflow.data.datamodule import Fitzpatrick17kDataModule
+    from skinflow.models.backbone import BackboneSpec, build_processor
+
+    args = yaml.safe_load((REPO / "configs/data/real_sample.yaml").read_text())["init_args"]
+    args["csv_path"] = str((REPO / args["csv_path"]).resolve())  # data paths are relative to the repository root
+    if image_size:
+        args["image_size"] = image_size
+    args["seed"] = seed  # the training order and augmentation stream; the split stays split_seed's, the VLM's
+    dm = Fitzpatrick17kDataModule(**args, progress=False)
+    dm.processor = build_processor(BackboneSpec())
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+def split_items(dm, split: str, epoch: int = 0, seed: int = 0) -> list[dict]:
+    """One pass over a split: training items in the DataModule's epoch order with their augmentation seeds."""
+    from skinflow.data.order import EpochShuffle
+
+    dataset = dm.splits[split]
+    if split != "train":
+        return [dataset[i] for i in range(len(dataset))]
+    order = EpochShuffle(len(dataset), seed)
+    order.set_epoch(epoch)
+    return [dataset[key] for key in order]
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, classes: int, widths=(48, 96, 160, 288)):
+        super().__init__()
+        layers, channels = [], 3
+        for width in widths:
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                       nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(0.2), nn.Linear(channels, classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images).mean((2, 3)))
+
+
+class TowerClassifier(nn.Module):
+    """The tiny preset's vision tower (the VLM's own, random init) and a linear head on the mean merged token."""
+
+    def __init__(self, classes: int, frozen: bool, seed: int):
+        super().__init__()
+        from skinflow.models.backbone import BackboneSpec, build_backbone
+
+        model, _ = build_backbone(BackboneSpec(seed=seed))
+        self.core = model.model  # Qwen2.5-VL's inner model: get_image_features runs the tower and its merger
+        self.core.requires_grad_(False)
+        self.visual = self.core.visual
+        self.frozen = frozen
+        self.visual.requires_grad_(not frozen)
+        self.head = nn.Linear(self.core.config.text_config.hidden_size, classes)
+
+    def forward(self, pixel_values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            tokens = self.core.get_image_features(pixel_values, grid, return_dict=True).pooler_output  # one per image
+        return self.head(torch.stack([t.mean(0) for t in tokens]))
+
+
+def batches(items: list[dict], size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def inputs(arm: str, chunk: list[dict], processor):
+    images = [item["image"] for item in chunk]
+    if arm == "cnn":
+        x = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(processor.image_processor.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(processor.image_processor.image_std).view(1, 3, 1, 1)
+        return ((x - mean) / std,)
+    vision = processor.images(images)
+    return vision["pixel_values"], vision["image_grid_thw"]
+
+
+def evaluate(model, arm: str, items: list[dict], labels: list[str], processor) -> dict[str, float]:
+    model.eval()
+    index = {label: i for i, label in enumerate(labels)}
+    target = torch.tensor([index.get(item["target"].label, -1) for item in items])
+    with torch.no_grad():
+        logits = torch.cat([model(*inputs(arm, chunk, processor)) for chunk in batches(items, 64)])
+    ranked = logits.argsort(-1, descending=True)
+    top1 = ranked[:, 0]
+    three = [ONTOLOGY.three(labels[p]) == item["target"].three for p, item in zip(top1.tolist(), items)]
+    return {"top1": (top1 == target).float().mean().item(),
+            "top6": (ranked[:, :6] == target[:, None]).any(-1).float().mean().item(),
+            "three": float(np.mean(three)),
+            "distinct_top1": int(top1.unique().numel())}
+
+
+def train_arm(arm: str, dm, seed: int, epochs: int, lr: float, batch_size: int, log=print) -> dict[str, float]:
+    torch.manual_seed(seed)
+    processor = dm.processor
+    labels = sorted({item["target"].label for item in split_items(dm, "val")} | set(dm.splits["train"].records["label"]))
+    index = {label: i for i, label in enumerate(labels)}
+    model = SmallCNN(len(labels)) if arm == "cnn" else TowerClassifier(len(labels), frozen=arm == "probe", seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    steps = epochs * -(-len(dm.splits["train"]) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    start = time.time()
+    for epoch in range(epochs):
+        model.train()
+        if arm == "probe":
+            model.visual.eval()
+        for chunk in batches(split_items(dm, "train", epoch, seed), batch_size):
+            target = torch.tensor([index[item["target"].label] for item in chunk])
+            loss = nn.functional.cross_entropy(model(*inputs(arm, chunk, processor)), target, label_smoothing=0.1)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        if (epoch + 1) % max(1, epochs // 4) == 0:
+            log(f"  [{arm} seed {seed}] epoch {epoch + 1}/{epochs} loss {loss.item():.3f} ({time.time() - start:.0f} s)")
+    result = evaluate(model, arm, split_items(dm, "test"), labels, processor)
+    result["seconds"] = time.time() - start
+    result["params"] = sum(p.numel() for p in params)
+    return result
+
+
+def vlm_arm(seed: int) -> dict[str, float]:
+    """The kit's real-sample warmup recipe through its CLI; its test metrics as logged."""
+    from skinflow.launcher import lightning_cli
+
+    start = time.time()
+    cli = lightning_cli(["fit", "--config", str(REPO / "configs/experiment/warmup_tiny_real_sample.yaml"),
+                         f"--seed_everything={seed}", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+                         f"--trainer.default_root_dir={REPO / '.cache' / 'baseline_vlm' / str(seed)}"])
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    return {"top1": metrics["test/top1_exact"], "top6": metrics["test/top6_exact"], "three": metrics["test/top1_three"],
+            "distinct_top1": float("nan"), "seconds": time.time() - start, "params": float("nan")}
+
+
+def save_grid(dm, path: str, n: int = 16) -> None:
+    """The first ``n`` training items of epoch 0, as the processor receives them (after augmentation), beside the
+    photographs they come from, and the processor's pixel_values turned back into images: what the model sees."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from skinflow.data.transforms import to_rgb
+
+    items = split_items(dm, "train")[:n]
+    dataset = dm.splits["train"]
+    by_hash = {row["md5hash"]: row["image_file"] for row in dataset.records}
+    vision = dm.processor.images([item["image"] for item in items])
+    patch, merge = dm.processor.image_processor.patch_size, dm.processor.image_processor.merge_size
+    mean = np.array(dm.processor.image_processor.image_mean)
+    std = np.array(dm.processor.image_processor.image_std)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.3))
+    offset = 0
+    for col, (item, grid) in enumerate(zip(items, vision["image_grid_thw"])):
+        t, h, w = grid.tolist()
+        count = t * h * w
+        rows = vision["pixel_values"][offset:offset + count].numpy()  # (h/m, w/m, m, m) patches of (3, 2, p, p)
+        offset += count
+        patches = rows.reshape(h // merge, w // merge, merge, merge, 3, 2, patch, patch)[..., 0, :, :]  # first frame
+        image = patches.transpose(0, 2, 5, 1, 3, 6, 4).reshape(h * patch, w * patch, 3)
+        image = np.clip(image * std + mean, 0, 1)
+        with Image.open(dataset.image_dir / by_hash[item["target"].md5hash]) as img:
+            original = to_rgb(img)
+        for row, (picture, title) in enumerate([(original, "photograph"), (item["image"], "augmented"), (image, "model input")]):
+            axes[row][col].imshow(picture)
+            axes[row][col].axis("off")
+            if col == 0:
+                axes[row][col].set_title(title, fontsize=7, loc="left")
+        axes[0][col].set_title(item["target"].label[:14], fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {ARMS}")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--image-size", type=int, default=None, help="override the config's image_size")
+    parser.add_argument("--vlm", action="store_true", help="also run the kit's warmup recipe per seed")
+    parser.add_argument("--save-grid", default=None, help="write a PNG of a training batch as the model sees it")
+    ns = parser.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    arms = [a for a in ns.arms.split(",") if a]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        parser.error(f"unknown arm(s) {sorted(unknown)}; known: {ARMS}")
+    results: dict[str, list[dict]] = {}
+    for seed in ns.seeds:
+        dm = datamodule(seed, ns.image_size)
+        if ns.save_grid and seed == ns.seeds[0]:
+            save_grid(dm, ns.save_grid)
+        sizes = {k: len(v) for k, v in dm.splits.items()}
+        print(f"seed {seed}: splits {sizes}, image_size {dm.hparams.image_size}")
+        for arm in arms:
+            lr = ns.lr if arm == "cnn" else ns.lr / 2
+            out = train_arm(arm, dm, seed, ns.epochs, lr, ns.batch_size)
+            print(f"  {arm:<6} seed {seed}: top-1 {out['top1']:.3f}  top-6 {out['top6']:.3f}  three {out['three']:.3f}  "
+                  f"distinct top-1 answers {out['distinct_top1']}  ({out['params'] / 1e6:.2f} M trained, {out['seconds']:.0f} s)")
+            results.setdefault(arm, []).append(out)
+        if ns.vlm:
+            out = vlm_arm(seed)
+            print(f"  vlm    seed {seed}: top-1 {out['top1']:.3f}  top-6 {out['top6']:.3f}  three {out['three']:.3f}  ({out['seconds']:.0f} s)")
+            results.setdefault("vlm", []).append(out)
+    print("\n| arm | top-1 | top-6 | three-class | seeds |\n|---|---|---|---|---|")
+    for arm, runs in results.items():
+        cells = []
+        for key in ("top1", "top6", "three"):
+            values = np.array([r[key] for r in runs])
+            cells.append(f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}")
+        print(f"| {arm} | {' | '.join(cells)} | {len(runs)} |")
+
+
+if __name__ == "__main__":
+    main()
