@@ -200,19 +200,9 @@ def save_grid(dm, path: str, n: int = 16) -> None:
     dataset = dm.splits["train"]
     by_hash = {row["md5hash"]: row["image_file"] for row in dataset.records}
     vision = dm.processor.images([item["image"] for item in items])
-    patch, merge = dm.processor.image_processor.patch_size, dm.processor.image_processor.merge_size
-    mean = np.array(dm.processor.image_processor.image_mean)
-    std = np.array(dm.processor.image_processor.image_std)
+    seen = dm.processor.pixels_to_images(vision["pixel_values"], vision["image_grid_thw"])
     fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4.3))
-    offset = 0
-    for col, (item, grid) in enumerate(zip(items, vision["image_grid_thw"])):
-        t, h, w = grid.tolist()
-        count = t * h * w
-        rows = vision["pixel_values"][offset:offset + count].numpy()  # (h/m, w/m, m, m) patches of (3, 2, p, p)
-        offset += count
-        patches = rows.reshape(h // merge, w // merge, merge, merge, 3, 2, patch, patch)[..., 0, :, :]  # first frame
-        image = patches.transpose(0, 2, 5, 1, 3, 6, 4).reshape(h * patch, w * patch, 3)
-        image = np.clip(image * std + mean, 0, 1)
+    for col, (item, image) in enumerate(zip(items, seen)):
         with Image.open(dataset.image_dir / by_hash[item["target"].md5hash]) as img:
             original = to_rgb(img)
         for row, (picture, title) in enumerate([(original, "photograph"), (item["image"], "augmented"), (image, "model input")]):

@@ -53,5 +53,22 @@ class VisionLanguageProcessor:
         assert text.count(IMAGE_PAD) == 1, "each prompt carries exactly one image placeholder"
         return text.replace(IMAGE_PAD, IMAGE_PAD * count)
 
+    def pixels_to_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[np.ndarray]:
+        """The inverse of ``images`` (first temporal frame): each image as the model receives it, (H, W, 3) floats in
+        [0, 1] after undoing the normalisation. For looking at what a batch carries (``benchmarks/
+        real_sample_baseline.py --save-grid``) and for tests that the pixels are the photograph's."""
+        patch, merge = self.image_processor.patch_size, self.image_processor.merge_size
+        mean = np.asarray(self.image_processor.image_mean, dtype=np.float64)
+        std = np.asarray(self.image_processor.image_std, dtype=np.float64)
+        out, offset = [], 0
+        for t, h, w in image_grid_thw.tolist():
+            rows = pixel_values[offset:offset + t * h * w].detach().double().cpu().numpy()
+            offset += t * h * w
+            # rows run over (t, h / merge, w / merge, merge, merge); each row is (channel, temporal patch, patch, patch)
+            grid = rows.reshape(t, h // merge, w // merge, merge, merge, 3, -1, patch, patch)[0, ..., 0, :, :]
+            image = grid.transpose(0, 2, 5, 1, 3, 6, 4).reshape(h * patch, w * patch, 3)
+            out.append(np.clip(image * std + mean, 0.0, 1.0))
+        return out
+
     def decode(self, ids: torch.Tensor) -> list[str]:
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
