@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from skinflow.data.datamodule import Fitzpatrick17kDataModule
+from skinflow.data.ontology import ONTOLOGY
 from skinflow.models.backbone import BackboneSpec, LoRASpec, TinySize
 from skinflow.stages.base import CheckpointMismatch, weighted_token_loss
 from skinflow.stages.warmup import WarmupStage
@@ -148,3 +149,43 @@ def test_learning_rate_warms_up_then_decays_to_its_floor_at_the_last_step():
     assert seen[:3] == pytest.approx([5e-4, 1e-3, 1e-3])
     assert seen[6] == pytest.approx(5.5e-4) and seen[10] == pytest.approx(1e-4)  # half way down; the floor
     assert all(a >= b for a, b in zip(seen[2:], seen[3:]))
+
+
+def test_the_label_head_trains_the_vision_tower_directly_and_shares_its_pass(batch):
+    """With ``label_loss_weight``: the text loss on features computed once equals the usual one (one tower pass feeds
+    both losses), and the label loss alone sends gradient into the vision tower and the head (nothing else)."""
+    torch.manual_seed(0)
+    stage = WarmupStage(BackboneSpec(), content_weight=10.0, label_loss_weight=0.5)
+    assert stage.label_head.out_features == len(ONTOLOGY)
+    features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
+    shared = stage.teacher_forced_loss(batch, 10.0, features)
+    assert shared.item() == pytest.approx(stage.teacher_forced_loss(batch, 10.0).item(), rel=1e-6)
+    stage.label_loss(features, batch["targets"]).backward()
+    grads = {n: p.grad for n, p in stage.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(".visual." in n for n in grads) and "label_head.weight" in grads
+    assert all(".visual." in n or n.startswith("label_head.") for n in grads)
+    with pytest.raises(ValueError, match="label_loss_weight=-1"):
+        WarmupStage(BackboneSpec(), label_loss_weight=-1)
+    assert WarmupStage(BackboneSpec()).label_head is None
+
+
+def test_a_checkpoint_with_a_label_head_starts_later_stages_without_it(tmp_path):
+    """The head is resumed with its warmup but left behind by Stage I/II, export and analyses; any other weight a
+    stage lacks is still refused."""
+    from skinflow.stages.base import SkinflowStage
+    from skinflow.stages.grpo import GRPOStage
+
+    warmup = WarmupStage(BackboneSpec(), label_loss_weight=1.0)
+    checkpoint = {}
+    warmup.on_save_checkpoint(checkpoint)
+    assert {"label_head.weight", "label_head.bias"} <= set(checkpoint["state_dict"])
+    torch.save(checkpoint, tmp_path / "warmup.ckpt")
+    resumed = WarmupStage(BackboneSpec(), label_loss_weight=1.0, init_from=str(tmp_path / "warmup.ckpt"))
+    assert torch.equal(resumed.label_head.weight, warmup.label_head.weight)
+    later = GRPOStage(init_from=str(tmp_path / "warmup.ckpt"))
+    name = next(n for n in checkpoint["state_dict"] if ".visual." in n)
+    assert torch.equal(later.state_dict()[name], checkpoint["state_dict"][name]) and not hasattr(later, "label_head")
+    SkinflowStage(BackboneSpec()).load_checkpoint_weights(checkpoint, "warmup.ckpt")
+    checkpoint["state_dict"]["stray.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointMismatch, match="stray.weight"):
+        SkinflowStage(BackboneSpec()).load_checkpoint_weights(checkpoint, "warmup.ckpt")

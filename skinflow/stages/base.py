@@ -144,6 +144,11 @@ def prediction_rows(completions: list[str], answers: list[ParsedAnswer], targets
     return rows
 
 
+# weights a stage trains beside the backbone for its own loss only (the warmup's auxiliary label head): checkpointed
+# for resume, left behind when a later stage, export or an analysis loads the checkpoint
+TRAINING_ONLY = ("label_head.",)
+
+
 def is_padding(batch: dict) -> bool:
     """A batch that only keeps this process in step with the others (``skinflow.data.order.EvenEvalShards``)."""
     padding = batch.get("padding")
@@ -359,12 +364,15 @@ class SkinflowStage(LightningModule):
         table = {key: [row[key] for row in samples] for key in samples[0]}
         logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"samples/{self.metric_prefix}{split}_epoch{self.current_epoch:03d}.json")
 
-    def teacher_forced_loss(self, batch: dict, content_weight: float = 1.0) -> torch.Tensor:
+    def teacher_forced_loss(self, batch: dict, content_weight: float = 1.0,
+                            image_features: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
         """Cross-entropy of the target tokens, content tokens weighted by ``content_weight`` (1: plain mean).
 
         The LM head runs only on the target positions, ``LOGPROB_CHUNK_MIB`` of logits at a time
-        (``skinflow.rl.logprobs``): equal to ``weighted_token_loss`` on full logits, without (B, L, V) tensors."""
-        inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"])
+        (``skinflow.rl.logprobs``): equal to ``weighted_token_loss`` on full logits, without (B, L, V) tensors.
+        ``image_features`` (``encode_images``' output, gradients kept) replaces running the vision tower again."""
+        inputs = self.model_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["image_grid_thw"],
+                                   image_features)
         L, keep = batch["labels"].shape[1], target_window(batch["labels"])
         labels, content = batch["labels"][:, L - keep + 1:], batch["content_mask"][:, L - keep + 1:]  # token t+1 at t
         valid = labels != -100
@@ -451,10 +459,12 @@ class SkinflowStage(LightningModule):
         """Load the trainable weights of a stage checkpoint already read (``read_stage_checkpoint``); refuses one
         made on another backbone, or holding weights this stage lacks, naming ``source``."""
         self.check_identity(checkpoint, source)
-        missing = set(checkpoint["state_dict"]) - set(self.state_dict())
+        weights = {k: v for k, v in checkpoint["state_dict"].items()
+                   if not (k.startswith(TRAINING_ONLY) and k not in self.state_dict())}  # a warmup's label head
+        missing = set(weights) - set(self.state_dict())
         if missing:
             raise CheckpointMismatch(f"checkpoint {source} holds weights this stage lacks, e.g. {sorted(missing)[:3]}")
-        self.load_state_dict(checkpoint["state_dict"], strict=False)
+        self.load_state_dict(weights, strict=False)
 
     def on_fit_start(self) -> None:
         # metric states reset during an earlier validate/test live as inference tensors; renew them

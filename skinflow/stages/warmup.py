@@ -10,6 +10,12 @@ weighted mean. At 1 it is the usual mean over target tokens. A randomly initiali
 tokens are ~90% of a target and learned within a few dozen steps, after which their gradients drown the few
 tokens that depend on the image (measured on the tiny preset: colour-token accuracy 0.27 at 240 steps with
 weight 1, 0.51 with weight 10).
+
+``label_loss_weight`` adds an auxiliary loss: a linear head on the image's mean merged vision token predicts the
+reference label (cross-entropy over the ontology's labels), weighted by it and added to the text loss. The text
+loss reaches the vision tower only through the language model; the head gives the tower a direct signal, which a
+randomly initialised tower on real photographs needs (``docs/results.md``, "Real photographs"). The head is a
+training aid: checkpointed for resume, never handed to a later stage or exported. 0 (the default) leaves it out.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from skinflow.errors import require
+from skinflow.data.ontology import ONTOLOGY
+from skinflow.errors import UserError, require
 from skinflow.metrics.grading import GradingSpec
 from skinflow.models.backbone import BackboneSpec
+from skinflow.models.unwrap import bare_model
 from skinflow.stages.base import SkinflowStage, adamw_with_schedule, warmup_cosine
 
 
@@ -38,6 +47,8 @@ class WarmupStage(SkinflowStage):
         max_new_tokens: generation length at validation and test.
         init_from: checkpoint of an earlier stage whose trainable weights to start from.
         content_weight: loss weight of content tokens relative to format tokens (see the module docstring).
+        label_loss_weight: weight of the auxiliary label loss on the vision features (0: none; see the module
+            docstring).
         grading: credit values of the clinical hierarchy used by the validation/test metrics.
     """
 
@@ -55,6 +66,7 @@ class WarmupStage(SkinflowStage):
         init_from: str | None = None,
         content_weight: float = 1.0,
         grading: GradingSpec | None = None,
+        label_loss_weight: float = 0.0,
     ):
         # checked before the backbone is built: a bad value is one line, at once
         require(lr > 0, "lr", lr, "must be positive")
@@ -63,14 +75,40 @@ class WarmupStage(SkinflowStage):
         require(warmup_steps >= 0, "warmup_steps", warmup_steps, "must be >= 0")
         require(0 <= min_lr_ratio <= 1, "min_lr_ratio", min_lr_ratio, "must be in [0, 1]")
         require(content_weight > 0, "content_weight", content_weight, "must be positive (1: every target token alike)")
+        require(label_loss_weight >= 0, "label_loss_weight", label_loss_weight, "must be >= 0 (0: no label head)")
         super().__init__(backbone, max_new_tokens, init_from, grading)
         self.save_hyperparameters()
+        self.label_head = None
+        if label_loss_weight > 0:
+            hidden = bare_model(self.model).config.text_config.hidden_size  # the merger's output width
+            self.label_head = nn.Linear(hidden, len(ONTOLOGY))
+
+    def label_loss(self, features: tuple[torch.Tensor, ...], targets) -> torch.Tensor:
+        """Cross-entropy of the label head on each image's mean merged vision token."""
+        pooled = torch.stack([f.mean(0) for f in features])
+        labels = torch.tensor([ONTOLOGY.index(t.label) for t in targets], device=pooled.device)
+        return nn.functional.cross_entropy(self.label_head(pooled.float()), labels)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.teacher_forced_loss(batch, self.hparams.content_weight)
+        if self.label_head is None:
+            loss = self.teacher_forced_loss(batch, self.hparams.content_weight)
+        else:  # one pass of the vision tower feeds both losses
+            features = self.encode_images(self.model, batch["pixel_values"], batch["image_grid_thw"])
+            label_loss = self.label_loss(features, batch["targets"])
+            loss = self.teacher_forced_loss(batch, self.hparams.content_weight, features) \
+                + self.hparams.label_loss_weight * label_loss
+            self.log("train/label_loss", label_loss, batch_size=len(batch["targets"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["targets"]))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
+
+    def configure_model(self) -> None:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        if self.label_head is not None and isinstance(getattr(self._trainer, "strategy", None), ModelParallelStrategy):
+            raise UserError("model.init_args.label_loss_weight > 0 is not supported under sharding (FSDP2 would not "
+                            "reduce the label head's gradients): use it with DDP or one process")
+        super().configure_model()
 
     def configure_optimizers(self):
         hp = self.hparams
