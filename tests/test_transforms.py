@@ -155,3 +155,5 @@ def test_ordinary_images_are_pils_own_rgb_and_the_scale_boundaries_fall_where_do
     assert grey([0.2, 1.0], np.float32) == [51, 255]  # ends at exactly 1
     assert grey([0.2, 0.5, 1.5], np.float32) == [0, 59, 255]  # past 1: stretched
     assert grey([0.0, 6.0, 10.0], np.float32) == [0, 153, 255]  # the stretch: 6/10 of 255 is 153, not 154
+    # rounded from the exact product: this float32 times 255 is 155.49999..., which float32 arithmetic rounds to 155.5
+    assert grey([0.0, 0.6098039, 1.0], np.float32) == [0, 155, 255]
