@@ -119,7 +119,7 @@ def run_with_key(store, key, status=None):
     return run.info.run_id
 
 
-def test_last_continues_an_unfinished_run_from_its_last_ckpt(store):
+def test_last_continues_an_unfinished_run_from_its_last_ckpt(store, capsys):
     from skinflow import resume
 
     run_id = run_with_key(store, "k", status="KILLED")
@@ -130,6 +130,7 @@ def test_last_continues_an_unfinished_run_from_its_last_ckpt(store):
     config, logger = store.config("last")
     resume.resolve_resume(config, "k", str(store.root))
     assert logger.init_args.run_id == run_id and config.ckpt_path == str(last)
+    assert f"[resume] continuing MLflow run {run_id} (" in capsys.readouterr().out.strip().splitlines()[-1]
 
 
 def test_last_without_a_last_ckpt_leaves_the_search_to_lightning(store, capsys):
@@ -158,7 +159,8 @@ def test_last_refuses_a_finished_newest_run_unless_the_run_is_named(store):
 
     run_id = run_with_key(store, "k", status="FINISHED")
     config, _ = store.config("last")
-    with pytest.raises(resume.ResumeError, match=f"the newest run of this config, {run_id} .* already finished"):
+    with pytest.raises(resume.ResumeError, match=f"the newest run of this config, {run_id} .* already finished.*leave "
+                                                 "--ckpt_path out to start a new run"):
         resume.resolve_resume(config, "k", str(store.root))
     config, logger = store.config("last", run_id=run_id)  # named: continued even though it finished
     resume.resolve_resume(config, "k", str(store.root))
@@ -202,3 +204,14 @@ def test_nothing_to_resolve_without_a_ckpt_path_or_an_mlflow_logger(store):
         resume.resolve_resume(config, "k", str(store.root))
         assert config.ckpt_path == "last"
     assert resume.mlflow_logger_args(_Args(ckpt_path="last")) is None  # no trainer.logger key at all
+
+
+def test_a_named_run_without_a_store_is_refused_and_odd_loggers_are_not_mlflow(tmp_path, monkeypatch):
+    from skinflow import resume
+
+    monkeypatch.setattr(resume, "MLFLOW_LOGGERS", {LOGGER})
+    logger = SimpleNamespace(class_path=LOGGER, init_args=_Args(tracking_uri=f"sqlite:///{tmp_path}/none/mlflow.db",
+                                                                 experiment_name="skinflow", run_id="abc"))
+    with pytest.raises(resume.ResumeError, match="no MLflow run 'abc'"):
+        resume.resolve_resume(_Args(**{"ckpt_path": "last", "trainer.logger": logger}), "k", str(tmp_path))
+    assert resume.mlflow_logger_args(_Args(**{"trainer.logger": "mlflow"})) is None  # a bare string, no class_path
