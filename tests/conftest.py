@@ -38,6 +38,19 @@ def tiny():
     return build_backbone(BackboneSpec())
 
 
+def pipeline_in(folder: Path, *args: str) -> dict:
+    """``python -m skinflow pipeline ARGS`` run from ``folder`` (relative data and store paths land there), for
+    module-scoped fixtures, which cannot use ``monkeypatch.chdir``."""
+    from skinflow.pipeline import pipeline_command
+
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        return pipeline_command(list(args))
+    finally:
+        os.chdir(cwd)
+
+
 GRID_ROWS = [
     {"name": "no-stage1-no-dve", "factors": {"stage1": "no", "dve": "off"}, "skip": ["stage1"]},
     {"name": "stage1-no-dve", "factors": {"stage1": "yes", "dve": "off"}},

@@ -21,7 +21,7 @@ gains over each stage's own start, evaluated on the same images):
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_in
 
 WARMUP_TOP1_BAR = 0.30            # lowest measured: 0.361
 STAGE2_GRADED_TOP6_FALL = 0.03   # largest fall measured: 0.025 (seed 0), at commit aae7573
@@ -31,21 +31,12 @@ STAGE1_CAPTION_TOLERANCE = 0.06   # largest drop measured: 0.005
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    import os
-
     from mlflow import MlflowClient
 
-    from skinflow.pipeline import pipeline_command
-
     folder = tmp_path_factory.mktemp("demo")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        result = pipeline_command(["--config", str(REPO / "configs/pipeline/demo.yaml"),
-                                   *[f"--stage-arg={s}=--trainer.enable_progress_bar=false" for s in ("warmup", "stage1", "stage2")],
-                                   "--stage-arg=warmup=--data.init_args.progress=false"])
-    finally:
-        os.chdir(cwd)
+    result = pipeline_in(folder, "--config", str(REPO / "configs/pipeline/demo.yaml"),
+                         *[f"--stage-arg={s}=--trainer.enable_progress_bar=false" for s in ("warmup", "stage1", "stage2")],
+                         "--stage-arg=warmup=--data.init_args.progress=false")
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     metrics = {name: client.get_run(run_id).data.metrics for name, run_id in result["children"].items()}
     for name, values in metrics.items():

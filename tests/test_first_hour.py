@@ -13,7 +13,7 @@ import pytest
 from skinflow.analysis.notebooks import execute
 from skinflow.analysis.sources import NotebookError, notebook_runs
 from skinflow.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, pipeline_in
 from tests.test_pipeline import COMMON, FAST
 
 NOTEBOOKS = ["01-ablation-paper-table.ipynb", "02-fairness-by-skin-type.ipynb", "03-dynamic-encoder.ipynb"]
@@ -22,21 +22,11 @@ NOTEBOOKS = ["01-ablation-paper-table.ipynb", "02-fairness-by-skin-type.ipynb", 
 @pytest.fixture(scope="module")
 def demo_quick(tmp_path_factory):
     """The folder a user ran ``make demo-quick`` in, and the parent run id it printed."""
-    import os
-
-    from skinflow.pipeline import pipeline_command
-
     folder = tmp_path_factory.mktemp("fresh")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        args = ["--config", str(REPO / "configs/pipeline/demo_quick.yaml")]
-        for stage, stage_args in FAST.items():
-            args += [f"--stage-arg={stage}={a}" for a in [*COMMON, *stage_args]]
-        result = pipeline_command(args)
-    finally:
-        os.chdir(cwd)
-    return folder, result["parent_run_id"]
+    args = ["--config", str(REPO / "configs/pipeline/demo_quick.yaml")]
+    for stage, stage_args in FAST.items():
+        args += [f"--stage-arg={stage}={a}" for a in [*COMMON, *stage_args]]
+    return folder, pipeline_in(folder, *args)["parent_run_id"]
 
 
 def documented(command: str, run_id: str = "") -> list[list[str]]:
