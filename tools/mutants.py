@@ -47,7 +47,7 @@ FAST_TESTS: dict[str, list[str]] = {
     "data/formats": ["tests/test_formats.py", "tests/test_parsers_property.py"],
     "models/fdlinear": ["tests/test_fdlinear.py"],
     "llm/judge": ["tests/test_llm.py"],
-    "llm/captions": ["tests/test_llm.py", "tests/test_captions.py"],
+    "llm/captions": ["tests/test_llm.py", "tests/test_captions.py", "tests/test_captions_records.py"],
     "resume": ["tests/test_resume_units.py"],
 }
 # Survivors that behave exactly like the original, with the reason (tools/mutants_equivalent.txt: "<mutant name>

@@ -307,9 +307,7 @@ def make_captions(client, csv_path: str | Path, image_dir: str | Path, out: str 
                 if result["error"] not in FATAL:  # a fatal error ends the run with one line instead
                     log.warning("captions: %s failed (%s: %s); left for the next run", result["md5hash"], result["error"],
                                 result["detail"])
-            else:
-                summary.interrupted += 1
-            bar.update()
+            bar.update()  # an interrupted image is counted below, from what is left
     except KeyboardInterrupt:
         stop.set()
     finally:
