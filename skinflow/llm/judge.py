@@ -222,7 +222,7 @@ def read_predictions(client, run_id: str, table: str) -> list[dict]:
     return [dict(zip(columns, row)) for row in values]
 
 
-def judge_command(argv: list[str]) -> None:
+def judge_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m skinflow judge",
                                      description="Grade a run's test answers with an LLM judge; log judge/* to the run.")
     parser.add_argument("--run-id", required=True)
@@ -240,6 +240,11 @@ def judge_command(argv: list[str]) -> None:
     parser.add_argument("--price-in", type=float, default=0.0)
     parser.add_argument("--price-out", type=float, default=0.0)
     parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def judge_command(argv: list[str]) -> None:
+    parser = judge_parser()
     ns = parser.parse_args(argv)
     if ns.runs < 1 or ns.concurrency < 1:
         parser.error("--runs and --concurrency need at least 1")
