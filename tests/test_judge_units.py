@@ -112,6 +112,12 @@ def test_the_temperature_usage_and_concurrency_asked_for_are_used():
     assert result.usage["cost"] == pytest.approx((8 * 100 * 1.0 + 8 * 10 * 2.0) / 1e6)
 
 
+def test_by_default_three_judgements_per_image_four_at_a_time():
+    client = Judge({k: [verdict(True, True)] for k in REPLIES}, delay=0.03)
+    result = judge_rows(client, "j", ROWS, progress=False)
+    assert len(client.requests) == 12 and client.peak == 4 and result.metrics["judge/images"] == 4
+
+
 def test_the_progress_bar_counts_requests(capsys):
     judge_rows(Judge({k: [verdict(True, True)] for k in REPLIES}), "j", ROWS[:2], runs=2, concurrency=1)
     err = capsys.readouterr().err
@@ -140,6 +146,9 @@ def test_the_cache_keys_on_content_not_key_order_and_stores_the_prompt_version(t
     judge_rows(client, "j", ROWS[:1], runs=2, cache=Cache(tmp_path / "c"), concurrency=1, progress=False)
     again = judge_rows(client, "j", ROWS[:1], runs=2, cache=Cache(tmp_path / "c"), concurrency=1, progress=False)
     assert len(client.requests) == 2 and again.cache_hits == 2 and again.usage["requests"] == 0
+    other = judge_rows(client, "another-judge", ROWS[:1], runs=2, cache=Cache(tmp_path / "c"), concurrency=1,
+                       progress=False)
+    assert other.cache_hits == 0 and len(client.requests) == 4  # another model's replies are its own
 
 
 def test_kappa_and_verdict_edges():
@@ -191,6 +200,13 @@ def test_runs_and_concurrency_below_one_are_refused(runs, concurrency, capsys):
     assert refused.value.code == 2 and "--runs and --concurrency need at least 1" in capsys.readouterr().err
 
 
+def test_a_store_that_does_not_exist_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as missing:
+        judge_command(["--run-id", "r", "--model", "m", "--tracking-uri", f"sqlite:///{tmp_path}/none/mlflow.db"])
+    err = capsys.readouterr().err
+    assert missing.value.code == 2 and err.startswith("error: no MLflow store at ") and err.count("\n") == 1
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """An MLflow store with one run that logged a predictions table, and one that did not."""
@@ -213,7 +229,7 @@ def test_read_predictions_returns_the_rows_and_names_what_is_missing(store):
 
     rows = read_predictions(store.client, store.run, "predictions/test.json")
     assert rows == [{c: r.get(c, "") for c in ("md5hash", "label", "parsed")} for r in ROWS]
-    with pytest.raises(EndpointError, match=r"^run \w+ has no predictions/test.json \(\w+\): test the run first "
+    with pytest.raises(EndpointError, match=r"^run \w+ has no predictions/test.json \(MlflowException\): test the run first "
                                             r"\(python -m skinflow test ...\), or name another table with --table$"):
         read_predictions(store.client, store.bare, "predictions/test.json")
     with pytest.raises(EndpointError, match=r"predictions/nolabel.json of run \w+ has no 'parsed' column"):
