@@ -43,6 +43,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from skinflow.data.ontology import ONTOLOGY  # noqa: E402
 
 ARMS = ("cnn", "tower", "probe")
+TINY_FIELDS = {"text_hidden": int, "text_layers": int, "text_heads": int, "vision_hidden": int, "vision_depth": int,
+               "vision_heads": int, "rope_theta": float}
 
 
 def datamodule(seed: int, image_size: int | None = None):
@@ -97,11 +99,11 @@ class SmallCNN(nn.Module):
 class TowerClassifier(nn.Module):
     """The tiny preset's vision tower (the VLM's own, random init) and a linear head on the mean merged token."""
 
-    def __init__(self, classes: int, frozen: bool, seed: int):
+    def __init__(self, classes: int, frozen: bool, seed: int, tiny: dict | None = None):
         super().__init__()
-        from skinflow.models.backbone import BackboneSpec, build_backbone
+        from skinflow.models.backbone import BackboneSpec, TinySize, build_backbone
 
-        model, _ = build_backbone(BackboneSpec(seed=seed))
+        model, _ = build_backbone(BackboneSpec(seed=seed, tiny=TinySize(**(tiny or {}))))
         self.core = model.model  # Qwen2.5-VL's inner model: get_image_features runs the tower and its merger
         self.core.requires_grad_(False)
         self.visual = self.core.visual
@@ -146,12 +148,14 @@ def evaluate(model, arm: str, items: list[dict], labels: list[str], processor) -
             "distinct_top1": int(top1.unique().numel())}
 
 
-def train_arm(arm: str, dm, seed: int, epochs: int, lr: float, batch_size: int, log=print) -> dict[str, float]:
+def train_arm(arm: str, dm, seed: int, epochs: int, lr: float, batch_size: int, log=print,
+              tiny: dict | None = None) -> dict[str, float]:
     torch.manual_seed(seed)
     processor = dm.processor
     labels = sorted({item["target"].label for item in split_items(dm, "val")} | set(dm.splits["train"].records["label"]))
     index = {label: i for i, label in enumerate(labels)}
-    model = SmallCNN(len(labels)) if arm == "cnn" else TowerClassifier(len(labels), frozen=arm == "probe", seed=seed)
+    model = SmallCNN(len(labels)) if arm == "cnn" else TowerClassifier(len(labels), frozen=arm == "probe", seed=seed,
+                                                                               tiny=tiny)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     steps = epochs * -(-len(dm.splits["train"]) // batch_size)
@@ -203,7 +207,35 @@ def vlm_arm(seed: int, extra: list[str] = ()) -> dict[str, float]:
         SkinflowStage.generate_text = original
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     return {"top1": metrics["test/top1_exact"], "top6": metrics["test/top6_exact"], "three": metrics["test/top1_three"],
-            "distinct_top1": len(set(first_answers)), "seconds": time.time() - start, "params": float("nan")}
+            "distinct_top1": len(set(first_answers)), "seconds": time.time() - start, "params": float("nan"),
+            "head_top1": safe_head_top1(cli.model, cli.datamodule)}
+
+
+def safe_head_top1(stage, dm) -> float:
+    try:
+        return label_head_top1(stage, dm)
+    except Exception as err:  # noqa: BLE001  a diagnostic: never lose the run's figures to it
+        print(f"  (label head top-1 not measured: {type(err).__name__}: {err})")
+        return float("nan")
+
+
+def label_head_top1(stage, dm) -> float:
+    """Test top-1 of the warmup's auxiliary label head (nan without one): what the vision features alone support,
+    beside the answer the language model writes from them."""
+    from skinflow.data.ontology import ONTOLOGY
+
+    if getattr(stage, "label_head", None) is None:
+        return float("nan")
+    stage.eval()
+    hits = total = 0
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
+            logits = stage.label_head(torch.stack([f.mean(0) for f in features]).float())
+            gold = torch.tensor([ONTOLOGY.index(t.label) for t in batch["targets"]])
+            hits += int((logits.argmax(-1) == gold).sum())
+            total += len(gold)
+    return hits / max(total, 1)
 
 
 def save_grid(dm, path: str, n: int = 16) -> None:
@@ -244,6 +276,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--image-size", type=int, default=None, help="override the config's image_size")
+    parser.add_argument("--tiny", action="append", default=[], metavar="KEY=VALUE",
+                        help="a tiny-preset size for the tower arms (repeatable), e.g. --tiny vision_depth=6")
     parser.add_argument("--vlm", action="store_true", help="also run the kit's warmup recipe per seed")
     parser.add_argument("--save-grid", default=None, help="write a PNG of a training batch as the model sees it")
     parser.add_argument("--vlm-arg", action="append", default=[], help="an override for the VLM recipe (repeatable), "
@@ -254,6 +288,12 @@ def main() -> None:
     unknown = set(arms) - set(ARMS)
     if unknown:
         parser.error(f"unknown arm(s) {sorted(unknown)}; known: {ARMS}")
+    tiny = {}
+    for pair in ns.tiny:
+        key, _, value = pair.partition("=")
+        if key not in TINY_FIELDS or not value:
+            parser.error(f"--tiny {pair!r}: expected KEY=VALUE with KEY one of {sorted(TINY_FIELDS)}")
+        tiny[key] = TINY_FIELDS[key](value)
     results: dict[str, list[dict]] = {}
     for seed in ns.seeds:
         dm = datamodule(seed, ns.image_size)
@@ -263,14 +303,15 @@ def main() -> None:
         print(f"seed {seed}: splits {sizes}, image_size {dm.hparams.image_size}")
         for arm in arms:
             lr = ns.lr if arm == "cnn" else ns.lr / 2
-            out = train_arm(arm, dm, seed, ns.epochs, lr, ns.batch_size)
+            out = train_arm(arm, dm, seed, ns.epochs, lr, ns.batch_size, tiny=tiny)
             print(f"  {arm:<6} seed {seed}: top-1 {out['top1']:.3f}  top-6 {out['top6']:.3f}  three {out['three']:.3f}  "
                   f"distinct top-1 answers {out['distinct_top1']}  ({out['params'] / 1e6:.2f} M trained, {out['seconds']:.0f} s)")
             results.setdefault(arm, []).append(out)
         if ns.vlm:
             out = vlm_arm(seed, ns.vlm_arg)
             print(f"  vlm    seed {seed}: top-1 {out['top1']:.3f}  top-6 {out['top6']:.3f}  three {out['three']:.3f}  "
-                  f"distinct top-1 answers {out['distinct_top1']}  ({out['seconds']:.0f} s) {' '.join(ns.vlm_arg)}")
+                  f"distinct top-1 answers {out['distinct_top1']}  label head top-1 {out['head_top1']:.3f}  "
+                  f"({out['seconds']:.0f} s) {' '.join(ns.vlm_arg)}")
             results.setdefault("vlm", []).append(out)
     print("\n| arm | top-1 | top-6 | three-class | seeds |\n|---|---|---|---|---|")
     for arm, runs in results.items():
