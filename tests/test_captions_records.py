@@ -364,3 +364,29 @@ def test_images_not_reached_after_a_stop_are_counted_as_interrupted(four, tmp_pa
                             CaptionConfig(model="m", verifier_model="reader", concurrency=1), progress=False, stop=stop)
     assert summary.accepted_at == {1: 1} and summary.interrupted == 3 and summary.rejected == 0
     assert "interrupted: 3 images not finished" in summary.table()
+
+
+def test_the_summary_table_reports_every_count():
+    summary = cap.CaptionSummary(images=5, skipped_done=2, missing_images=1, accepted_at={3: 1, 1: 2}, rejected=1,
+                                 leak_attempts=2, rejected_for_leak=1, verifier_misses=3, malformed_attempts=1,
+                                 errors={"RateLimitError": 2, "APITimeoutError": 1},
+                                 usage={"requests": 9, "prompt_tokens": 900, "completion_tokens": 90, "cost": 0.01234},
+                                 seconds=2.0)
+    assert summary.table() == "\n".join([
+        "images to caption      5  (2 done before, 1 without an image file)",
+        "accepted               3",
+        "  at attempt 1          2",
+        "  at attempt 3          1",
+        "rejected (to review)   1  (1 whose last attempt leaked the diagnosis)",
+        "attempts leaking       2",
+        "verifier misses        3",
+        "malformed captions     1",
+        "errors (left for the next run) 3",
+        "  APITimeoutError      1",
+        "  RateLimitError       2",
+        "requests 9, tokens in 900 / out 90, cost 0.0123",
+        "time 2.0 s (2.00 images/s)"])
+    quiet = cap.CaptionSummary(interrupted=4)
+    assert quiet.table().splitlines()[-2:] == ["time 0.0 s (0.00 images/s)",
+                                               "interrupted: 4 images not finished; run the command again to continue"]
+    assert "requests 0, tokens in 0 / out 0, cost 0.0000" in quiet.table()
