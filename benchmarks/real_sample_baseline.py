@@ -3,7 +3,7 @@ the split, images and augmentation the DataModule gives the VLM (issue 29's base
 
     python benchmarks/real_sample_baseline.py                        # 3 seeds x (cnn, tower, probe), ~15 min on 2 cores
     python benchmarks/real_sample_baseline.py --arms cnn --seeds 0   # one arm, one seed
-    python benchmarks/real_sample_baseline.py --vlm                  # also the kit's warmup recipe (~20 min a seed)
+    python benchmarks/real_sample_baseline.py --vlm                  # also the kit's warmup recipe (~8 min a seed)
     python benchmarks/real_sample_baseline.py --save-grid grid.png   # a training batch as it enters the model
 
 Arms, each trained from scratch per seed with AdamW and cross-entropy over the training split's labels:
