@@ -390,3 +390,36 @@ def test_the_summary_table_reports_every_count():
     assert quiet.table().splitlines()[-2:] == ["time 0.0 s (0.00 images/s)",
                                                "interrupted: 4 images not finished; run the command again to continue"]
     assert "requests 0, tokens in 0 / out 0, cost 0.0000" in quiet.table()
+
+
+def test_a_stop_mid_image_ends_that_image_before_its_next_attempt(four, tmp_path):
+    import threading
+
+    csv_path, image_dir, rows, by_url = four
+    stop = threading.Event()
+
+    class StopAtFirstMiss(Models):
+        def create(self, **kwargs):
+            reply = super().create(**kwargs)
+            if kwargs["model"] == "reader":
+                stop.set()  # e.g. SIGTERM while the reader answers
+            return reply
+
+    client = StopAtFirstMiss(by_url, {rows[0][1]: [("good", "lichen planus"), ("good", rows[0][1])]})
+    out = tmp_path / "refs.jsonl"
+    summary = make_captions(client, csv_path, image_dir, out, CaptionConfig(model="m", verifier_model="reader",
+                                                                          concurrency=1), progress=False, stop=stop)
+    assert len(client.requests) == 2  # no second attempt after the stop
+    assert summary.interrupted == 4 and summary.rejected == 0
+    # the unfinished image is neither accepted nor sent to review: the next run does it again
+    assert not out.exists() and not side_files(out)[0].exists()
+
+
+def test_images_without_a_file_are_counted_not_captioned(four, tmp_path):
+    csv_path, image_dir, rows, by_url = four
+    df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    pd.concat([df, df.iloc[[0]].assign(md5hash="e" * 32)]).to_csv(tmp_path / "more.csv", index=False)
+    summary = make_captions(Models(by_url, {}), tmp_path / "more.csv", image_dir, tmp_path / "refs.jsonl",
+                            CaptionConfig(model="m"), progress=False)
+    assert (summary.images, summary.missing_images, sum(summary.accepted_at.values())) == (4, 1, 4)
+    assert "(0 done before, 1 without an image file)" in summary.table()
