@@ -423,3 +423,20 @@ def test_images_without_a_file_are_counted_not_captioned(four, tmp_path):
                             CaptionConfig(model="m"), progress=False)
     assert (summary.images, summary.missing_images, sum(summary.accepted_at.values())) == (4, 1, 4)
     assert "(0 done before, 1 without an image file)" in summary.table()
+
+
+def test_rejections_whose_last_attempt_leaked_are_counted_apart(four, tmp_path):
+    csv_path, image_dir, rows, by_url = four
+    script = {label: [("leak", "-")] for _, label in rows[:3]} | {rows[3][1]: [("good", "lichen planus")]}
+    summary = make_captions(Models(by_url, script), csv_path, image_dir, tmp_path / "refs.jsonl",
+                            CaptionConfig(model="m", max_attempts=2, concurrency=1), progress=False)
+    assert summary.rejected == 4 and summary.rejected_for_leak == 3 and summary.leak_attempts == 6
+
+
+def test_a_refusals_message_quotes_at_most_200_characters_of_it(four, tmp_path):
+    csv_path, image_dir, rows, by_url = four
+    denied = type("PermissionDeniedError", (Exception,), {})
+    client = Models(by_url, {}, raise_for={label: denied("y" * 500) for _, label in rows})
+    with pytest.raises(EndpointError) as refused:
+        make_captions(client, csv_path, image_dir, tmp_path / "refs.jsonl", CaptionConfig(model="m"), progress=False)
+    assert f"(PermissionDeniedError: {'y' * 200}); check --base-url" in str(refused.value)
