@@ -251,6 +251,14 @@ def test_the_command_logs_the_judges_numbers_tags_and_verdicts_to_the_run(store,
         return real_make_client(*args)
 
     monkeypatch.setattr(judge_module, "make_client", recording)
+    calls = []
+    real_judge_rows = judge_module.judge_rows
+
+    def recording_rows(*args):
+        calls.append(args)
+        return real_judge_rows(*args)
+
+    monkeypatch.setattr(judge_module, "judge_rows", recording_rows)
 
     def reply(request):
         user = request["messages"][1]["content"]
@@ -265,6 +273,9 @@ def test_the_command_logs_the_judges_numbers_tags_and_verdicts_to_the_run(store,
                        "--price-out", "2", "--no-progress"])
         sent = [request for _, request in server.requests]
     assert made == [(server.base_url, KEY_ENV, 7.0, 1)]
+    [(_, model, rows, runs, cache, concurrency, usage, temperature, progress)] = calls
+    assert (model, len(rows), runs, concurrency, temperature, progress) == ("jm", 4, 1, 2, 0.3, False)
+    assert (usage.price_in, usage.price_out, cache.folder) == (1.0, 2.0, tmp_path / "cache")
     assert len(sent) == 4 and {r["model"] for r in sent} == {"jm"} and {r["temperature"] for r in sent} == {0.3}
     assert len(list((tmp_path / "cache").glob("*.json"))) == 3  # the three parseable replies
     run = store.client.get_run(store.run).data
