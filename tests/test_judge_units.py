@@ -312,3 +312,33 @@ def test_a_failing_endpoint_is_one_line_and_nothing_is_logged(store, tmp_path, m
     assert err.startswith("error: the judge endpoint failed (InternalServerError: ") and "nothing was logged" in err
     assert not any(k.startswith("judge/") for k in store.client.get_run(store.bare).data.metrics)
     assert os.environ.get(KEY_ENV)  # the key came from the environment variable named, never from argv
+
+
+def test_a_failure_names_its_error_quotes_200_characters_and_keeps_the_cache(store, tmp_path, monkeypatch, capsys):
+    def failing(*args):
+        raise RuntimeError("upstream said " + "z" * 500)
+
+    monkeypatch.setattr(judge_module, "make_client", lambda *args: object())
+    monkeypatch.setattr(judge_module, "judge_rows", failing)
+    with pytest.raises(SystemExit) as failed:
+        judge_command(["--run-id", store.run, "--tracking-uri", store.uri, "--model", "jm", "--no-progress"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert failed.value.code == 1
+    assert err == ("error: the judge endpoint failed (RuntimeError: upstream said " + "z" * 186 + "); nothing was logged "
+                   "(cached replies are kept: run again to continue)")
+
+
+@pytest.mark.parametrize("rows", [0, 1])
+def test_tables_of_no_rows_and_one_row_are_judged(store, tmp_path, monkeypatch, capsys, rows):
+    from skinflow.llm.fake_server import FakeOpenAI
+
+    run = store.client.create_run(store.client.get_run(store.run).info.experiment_id).info.run_id
+    store.client.log_table(run, data={"md5hash": ["a"][:rows], "label": ["psoriasis"][:rows],
+                                      "parsed": ["psoriasis"][:rows]}, artifact_file="predictions/test.json")
+    with FakeOpenAI(lambda request: verdict(True, True)) as server:
+        monkeypatch.setenv(KEY_ENV, server.api_key)
+        judge_command(["--run-id", run, "--tracking-uri", store.uri, "--base-url", server.base_url, "--model", "jm",
+                       "--api-key-env", KEY_ENV, "--runs", "1", "--cache-dir", str(tmp_path / "c"), "--no-progress"])
+    assert f"judge/images             {rows}" in capsys.readouterr().out
+    logged = {a.path for a in store.client.list_artifacts(run, "judge")}
+    assert logged == ({"judge/verdicts.json"} if rows else set())
