@@ -287,6 +287,7 @@ def test_the_command_logs_the_judges_numbers_tags_and_verdicts_to_the_run(store,
     assert table["columns"][:3] == ["md5hash", "label", "parsed"] and [row[0] for row in table["data"]] == ["a", "b", "", "d"]
     out = capsys.readouterr().out.splitlines()
     assert "judge/images             4" in out and "judge/top1               0.2500" in out
+    assert "judge/unjudged           1" in out and "judge/malformed_replies  1" in out  # counts print as counts
     assert out[-1].startswith("requests 4 (0 answered from the cache), tokens in ")
     assert out[-1].endswith(f"; logged to run {store.run}") and "cost 0.0" in out[-1]
 
