@@ -184,7 +184,7 @@ def test_help_states_what_each_option_does_and_its_default(monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # no wrapping
     text = " ".join(judge_parser().format_help().split())
     assert text.startswith("usage: python -m skinflow judge ")
-    for phrase in ["Grade a run's test answers with an LLM judge; log judge/* to the run.",
+    for phrase in ["[--no-progress] Grade a run's test answers with an LLM judge; log judge/* to the run. options:",
                    "--tracking-uri TRACKING_URI the MLflow store (default: the kit's, sqlite:///mlruns/mlflow.db)",
                    "--table TABLE the run's prediction table (default predictions/test.json)",
                    "--base-url BASE_URL the endpoint (default: api.openai.com)",
