@@ -31,8 +31,9 @@ class Models:
     ``malformed``) and what the verifier names; every request's keyword arguments are kept in ``requests``."""
 
     def __init__(self, by_url: dict[str, str], script: dict[str, list[tuple[str, str]]], api_key: str = "k",
-                 raise_for: dict[str, BaseException] | None = None):
+                 raise_for: dict[str, BaseException] | None = None, stop_at_reader=None):
         self.by_url, self.script, self.api_key = by_url, script, api_key
+        self.stop_at_reader = stop_at_reader  # a threading.Event set once the reader has answered (a stop mid-run)
         self.raise_for = raise_for or {}
         self.requests: list[dict] = []
         self.turn: dict[str, int] = {}
@@ -58,6 +59,8 @@ class Models:
         else:
             named = self.step(self.last_label)[1]
             text = f"<answer>\n1. {named}\n</answer>"
+            if self.stop_at_reader is not None:
+                self.stop_at_reader.set()
         message = SimpleNamespace(content=text)
         return SimpleNamespace(usage=SimpleNamespace(prompt_tokens=10, completion_tokens=5), choices=[SimpleNamespace(message=message)])
 
@@ -352,14 +355,7 @@ def test_images_not_reached_after_a_stop_are_counted_as_interrupted(four, tmp_pa
     csv_path, image_dir, rows, by_url = four
     stop = threading.Event()
 
-    class StopAfterFirst(Models):
-        def create(self, **kwargs):
-            reply = super().create(**kwargs)
-            if kwargs["model"] == "reader":
-                stop.set()
-            return reply
-
-    client = StopAfterFirst(by_url, {})
+    client = Models(by_url, {}, stop_at_reader=stop)
     summary = make_captions(client, csv_path, image_dir, tmp_path / "refs.jsonl",
                             CaptionConfig(model="m", verifier_model="reader", concurrency=1), progress=False, stop=stop)
     assert summary.accepted_at == {1: 1} and summary.interrupted == 3 and summary.rejected == 0
@@ -398,14 +394,8 @@ def test_a_stop_mid_image_ends_that_image_before_its_next_attempt(four, tmp_path
     csv_path, image_dir, rows, by_url = four
     stop = threading.Event()
 
-    class StopAtFirstMiss(Models):
-        def create(self, **kwargs):
-            reply = super().create(**kwargs)
-            if kwargs["model"] == "reader":
-                stop.set()  # e.g. SIGTERM while the reader answers
-            return reply
-
-    client = StopAtFirstMiss(by_url, {rows[0][1]: [("good", "lichen planus"), ("good", rows[0][1])]})
+    # e.g. SIGTERM while the reader answers the first attempt
+    client = Models(by_url, {rows[0][1]: [("good", "lichen planus"), ("good", rows[0][1])]}, stop_at_reader=stop)
     out = tmp_path / "refs.jsonl"
     summary = make_captions(client, csv_path, image_dir, out, CaptionConfig(model="m", verifier_model="reader",
                                                                           concurrency=1), progress=False, stop=stop)

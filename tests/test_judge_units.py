@@ -240,25 +240,23 @@ def test_read_predictions_returns_the_rows_and_names_what_is_missing(store):
         read_predictions(store.client, "nope", "predictions/test.json")
 
 
+def record_calls(monkeypatch, name: str) -> list[tuple]:
+    """The positional arguments of every call the judge module makes to its ``name``, which still runs."""
+    calls, real = [], getattr(judge_module, name)
+
+    def recording(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(judge_module, name, recording)
+    return calls
+
+
 def test_the_command_logs_the_judges_numbers_tags_and_verdicts_to_the_run(store, tmp_path, monkeypatch, capsys):
     from skinflow.llm.fake_server import FakeOpenAI
 
-    made = []
-    real_make_client = judge_module.make_client
-
-    def recording(*args):
-        made.append(args)
-        return real_make_client(*args)
-
-    monkeypatch.setattr(judge_module, "make_client", recording)
-    calls = []
-    real_judge_rows = judge_module.judge_rows
-
-    def recording_rows(*args):
-        calls.append(args)
-        return real_judge_rows(*args)
-
-    monkeypatch.setattr(judge_module, "judge_rows", recording_rows)
+    made = record_calls(monkeypatch, "make_client")
+    calls = record_calls(monkeypatch, "judge_rows")
 
     def reply(request):
         user = request["messages"][1]["content"]
