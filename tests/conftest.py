@@ -38,6 +38,18 @@ def tiny():
     return build_backbone(BackboneSpec())
 
 
+def one_image_per_label(synth_dir: Path, folder: Path, n: int):
+    """A label CSV in ``folder`` of the first synthetic image of each of ``n`` labels, leaving out lichen planus (the
+    scripted verifiers' and judges' wrong answer); returns its path and rows."""
+    import pandas as pd
+
+    df = pd.read_csv(synth_dir / "labels.csv", dtype=str, keep_default_na=False)
+    df = df[df["label"] != "lichen planus"].groupby("label").head(1).head(n).reset_index(drop=True)
+    csv_path = folder / "labels.csv"
+    df.to_csv(csv_path, index=False)
+    return csv_path, df
+
+
 def pipeline_in(folder: Path, *args: str) -> dict:
     """``python -m skinflow pipeline ARGS`` run from ``folder`` (relative data and store paths land there), for
     module-scoped fixtures, which cannot use ``monkeypatch.chdir``."""

@@ -18,6 +18,7 @@ from skinflow.llm.captions import (CAPTION_INSTRUCTION, CAPTION_PROMPT_VERSION, 
                                    VERIFY_PROMPT_VERSION, VERIFY_SYSTEM, CaptionConfig, JsonlAppender, caption_image,
                                    feedback_for, make_captions, read_images, render_fields, side_files)
 from skinflow.llm.client import EndpointError, Usage, image_data_url
+from tests.conftest import one_image_per_label
 
 VALUES = dict(zip(CAPTION_FIELDS, ["red", "forearm", "round", "plaque", "2 cm", "well-defined", "scaly", "single"]))
 
@@ -68,10 +69,7 @@ class Models:
 @pytest.fixture
 def four(synth_dir, tmp_path):
     """Four synthetic images of four labels (none of them lichen planus, the scripted verifier's miss)."""
-    df = pd.read_csv(synth_dir / "labels.csv", dtype=str, keep_default_na=False)
-    df = df[df["label"] != "lichen planus"].groupby("label").head(1).head(4).reset_index(drop=True)
-    csv_path = tmp_path / "labels.csv"
-    df.to_csv(csv_path, index=False)
+    csv_path, df = one_image_per_label(synth_dir, tmp_path, 4)
     image_dir = synth_dir / "images"
     by_url = {image_data_url(next(image_dir.glob(f"{m}.*"))): label for m, label in zip(df["md5hash"], df["label"])}
     return csv_path, image_dir, list(zip(df["md5hash"], df["label"])), by_url

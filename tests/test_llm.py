@@ -22,7 +22,7 @@ from skinflow.llm.captions import CAPTION_SYSTEM, CaptionConfig, leaked, make_ca
 from skinflow.llm.client import make_client
 from skinflow.llm.fake_server import FakeOpenAI, Fault, images_in, text_of
 from skinflow.llm.judge import JUDGE_SYSTEM, Cache, cohen_kappa, judge_rows
-from tests.conftest import REPO
+from tests.conftest import REPO, one_image_per_label
 
 KEY_ENV = "SKINFLOW_TEST_KEY"
 
@@ -69,10 +69,7 @@ class World:
 
 @pytest.fixture
 def images(synth_dir, tmp_path):
-    df = pd.read_csv(synth_dir / "labels.csv", dtype=str, keep_default_na=False)
-    df = df[df["label"] != "lichen planus"].groupby("label").head(1).head(12).reset_index(drop=True)
-    csv_path = tmp_path / "labels.csv"
-    df.to_csv(csv_path, index=False)
+    csv_path, df = one_image_per_label(synth_dir, tmp_path, 12)
     return csv_path, synth_dir / "images", dict(zip(df["md5hash"], df["label"]))
 
 
