@@ -44,15 +44,15 @@ from skinflow.data.ontology import ONTOLOGY  # noqa: E402
 
 ARMS = ("cnn", "tower", "probe")
 TINY_FIELDS = {"text_hidden": int, "text_layers": int, "text_heads": int, "vision_hidden": int, "vision_depth": int,
-               "vision_heads": int, "rope_theta": float}
+               "vision_heads": int, "rope_theta": float, "patch_size": int}
 
 
-def datamodule(seed: int, image_size: int | None = None):
+def datamodule(seed: int, image_size: int | None = None, tiny: dict | None = None):
     """The real-sample DataModule exactly as the VLM's recipe builds it (the YAML's init_args), set up."""
     import yaml
 
     from skinflow.data.datamodule import Fitzpatrick17kDataModule
-    from skinflow.models.backbone import BackboneSpec, build_processor
+    from skinflow.models.backbone import BackboneSpec, TinySize, build_processor
 
     args = yaml.safe_load((REPO / "configs/data/real_sample.yaml").read_text())["init_args"]
     args["csv_path"] = str((REPO / args["csv_path"]).resolve())  # data paths are relative to the repository root
@@ -60,7 +60,7 @@ def datamodule(seed: int, image_size: int | None = None):
         args["image_size"] = image_size
     args["seed"] = seed  # the training order and augmentation stream; the split stays split_seed's, the VLM's
     dm = Fitzpatrick17kDataModule(**args, progress=False)
-    dm.processor = build_processor(BackboneSpec())
+    dm.processor = build_processor(BackboneSpec(tiny=TinySize(**(tiny or {}))))  # the tower arms' patch size
     dm.setup("fit")
     dm.setup("test")
     return dm
@@ -296,7 +296,7 @@ def main() -> None:
         tiny[key] = TINY_FIELDS[key](value)
     results: dict[str, list[dict]] = {}
     for seed in ns.seeds:
-        dm = datamodule(seed, ns.image_size)
+        dm = datamodule(seed, ns.image_size, tiny)
         if ns.save_grid and seed == ns.seeds[0]:
             save_grid(dm, ns.save_grid)
         sizes = {k: len(v) for k, v in dm.splits.items()}

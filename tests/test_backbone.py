@@ -36,6 +36,22 @@ def test_tiny_rotary_positions_resolve_the_image_grid(tiny):
     assert min(span.values()) > 0.3, span
 
 
+def test_tiny_patch_size_sets_the_tower_and_the_processor_grid_alike():
+    """``tiny.patch_size`` 7 cuts a 112-px image into 16 x 16 patches (8 x 8 merged tokens in the prompt), in the
+    tower and in the processor that the stage and the DataModule share, and the model runs on what it gets."""
+    from skinflow.models.backbone import TinySize
+
+    model, processor = build_backbone(BackboneSpec(tiny=TinySize(patch_size=7)))
+    assert model.config.vision_config.patch_size == 7
+    batch = batch_for(processor, n=1)
+    assert batch["image_grid_thw"].tolist() == [[1, 16, 16]]
+    assert batch["pixel_values"].shape == (256, 3 * 2 * 7 * 7)
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 64
+    assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
+    _, default = build_backbone(BackboneSpec())
+    assert batch_for(default, n=1)["image_grid_thw"].tolist() == [[1, 8, 8]]
+
+
 def test_same_seed_same_weights():
     a, _ = build_backbone(BackboneSpec(seed=1))
     b, _ = build_backbone(BackboneSpec(seed=1))

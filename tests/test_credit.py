@@ -223,3 +223,25 @@ def test_field_ties_are_judged_per_image_with_the_given_tolerance():
     assert tied_field_groups(total, scores, tol=0.5).tolist() == [True, True]
     assert tied_field_groups(torch.tensor([[1.0, 1.3], [1.0, 1.0]]), torch.zeros(2, 2, F), tol=0.5).tolist() == [True, True]
     assert tied_field_groups(torch.tensor([[1.0, 1.3], [1.0, 1.0]]), torch.zeros(2, 2, F)).tolist() == [False, True]
+
+
+def test_token_fields_of_no_tokens_is_an_empty_index_tensor():
+    """An empty completion maps to an empty long tensor: the field indices are used to gather, and a float tensor
+    there fails (or, empty, silently changes the dtype of what it is concatenated with)."""
+    from skinflow.rl.credit import token_fields
+
+    out = token_fields("", [])
+    assert out.dtype == torch.long and out.shape == (0,)
+
+
+def test_field_advantages_keep_the_rewards_dtype():
+    """Under bfloat16 rewards the per-token advantages stay bfloat16 (the extra no-field slot does not promote them
+    to float32), and match the float32 computation to bfloat16's precision."""
+    torch.manual_seed(0)
+    B, G, F, T = 2, 3, len(CAPTION_FIELDS), 5
+    total, scores = torch.rand(B, G), torch.rand(B, G, F)
+    token_field = torch.randint(-1, F, (B, G, T))
+    low = field_token_advantages(total.bfloat16(), scores.bfloat16(), 0.5, token_field)
+    assert low.dtype == torch.bfloat16
+    high = field_token_advantages(total, scores, 0.5, token_field)
+    assert torch.allclose(low.float(), high, atol=0.05)

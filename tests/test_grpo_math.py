@@ -153,6 +153,37 @@ def test_repeat_images_groups_patches_image_major():
         assert torch.equal(chunk, originals[n // 3])
 
 
+def test_select_keeps_every_field_of_the_chosen_rows():
+    """Filtering a rollout (tied groups dropped) keeps each kept row's clipped flag and text with it: the logged
+    clip fraction and the rewards read them after the filter."""
+    from skinflow.rl.rollout import Rollout
+
+    n = 4
+    rollout = Rollout(
+        torch.arange(n * 2).view(n, 2), torch.ones(n, 2, dtype=torch.bool), torch.zeros(3, 1), torch.tensor([[1, 1, 3]]),
+        torch.zeros(n, dtype=torch.long), torch.arange(n * 3).view(n, 3), torch.ones(n, 3, dtype=torch.bool),
+        torch.tensor([True, False, False, True]), ["a", "b", "c", "d"],
+    )
+    kept = rollout.select(torch.tensor([3, 1]))
+    assert kept.clipped.tolist() == [True, False]
+    assert kept.texts == ["d", "b"]
+    assert kept.completion_ids.tolist() == [[9, 10, 11], [3, 4, 5]]
+    assert kept.prompt_ids.tolist() == [[6, 7], [2, 3]]
+    assert kept.pixel_values is rollout.pixel_values
+
+
+def test_shared_image_features_refuses_an_encoder_that_returns_too_few_features():
+    """One feature tensor per distinct image, or an error: a short encoder output must not silently pair the
+    wrong image with a sequence."""
+    from skinflow.rl.rollout import shared_image_features
+
+    grid = torch.tensor([[1, 1, 1], [1, 1, 2]])
+    pixels = torch.arange(3.0)[:, None]
+    short = lambda p, g: [p[:1]]  # noqa: E731  one tensor for two images
+    with pytest.raises(ValueError):
+        shared_image_features(short, pixels, grid, torch.tensor([0, 1]))
+
+
 def test_advantages_of_pairs_single_completions_and_a_bad_scale():
     """G = 2 divides by the pair's std (0.5 for rewards 1 and 0); G = 1 has no spread, advantage 0 under either
     scale; an unknown scale is refused by name."""

@@ -90,6 +90,7 @@ class TinySize:
     vision_depth: int = 4
     vision_heads: int = 4
     rope_theta: float = 20.0
+    patch_size: int = 14
 
 
 @dataclass
@@ -157,7 +158,7 @@ def tiny_config(size: TinySize, tokenizer) -> Qwen2_5_VLConfig:
         ),
         vision_config=dict(
             depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=2 * size.vision_hidden,
-            num_heads=size.vision_heads, out_hidden_size=size.text_hidden, window_size=56,
+            num_heads=size.vision_heads, out_hidden_size=size.text_hidden, window_size=56, patch_size=size.patch_size,
             fullatt_block_indexes=[i for i in range(size.vision_depth) if i % 2 == 1],
         ),
         tie_word_embeddings=False,
@@ -217,6 +218,8 @@ def build_processor(spec: BackboneSpec) -> VisionLanguageProcessor:
     # a hub id, or a local folder that has an image-processor file; else the default Qwen2-VL settings
     if path is not None and (not Path(path).exists() or (Path(path) / "preprocessor_config.json").exists()):
         return VisionLanguageProcessor(tokenizer, Qwen2VLImageProcessorPil.from_pretrained(path))
+    if spec.preset == "tiny" and path is None:  # the tiny tower's patch size decides the image processor's grid
+        return VisionLanguageProcessor(tokenizer, Qwen2VLImageProcessorPil(patch_size=spec.tiny.patch_size))
     return VisionLanguageProcessor(tokenizer, Qwen2VLImageProcessorPil())
 
 
