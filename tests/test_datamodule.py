@@ -231,3 +231,59 @@ def test_without_clusters_the_report_warns_and_clean_refuses(tmp_path, synth_dir
     (tmp_path / "bad.csv").write_text("md5hash,group\nabc,1\n")
     with pytest.raises(DataError, match=r"bad.csv has no 'cluster' column"):
         make_dm(tmp_path, synth_dir / "labels.csv", clusters_path=str(tmp_path / "bad.csv")).setup()
+
+
+def test_mix_train_joins_a_second_training_split_and_keeps_evaluation_our_own(tmp_path, synth_dir, tiny):
+    """Real photographs have no caption fields; ``mix_train`` adds the synthetic lesions' training split (with
+    their captions) to the training split alone: every record of both is trained on once an epoch, items keep
+    their own captions and seeds, validation and test are untouched, and the report counts what came in."""
+    from skinflow.data.datamodule import MixedRecords
+    from skinflow.data.formats import CAPTION_COLUMNS
+    from skinflow.data.order import EpochShuffle
+
+    data = tmp_path / "plain"
+    data.mkdir()
+    rows = pd.read_csv(synth_dir / "labels.csv", dtype=str, keep_default_na=False)
+    rows.drop(columns=[c for c in CAPTION_COLUMNS.values() if c in rows.columns]).to_csv(data / "labels.csv", index=False)
+    alone = make_dm(tmp_path, data / "labels.csv", image_dir=str(synth_dir / "images"))
+    alone.setup("fit")
+    other = {"csv_path": str(synth_dir / "labels.csv"), "cache_dir": str(tmp_path / "cache2"), "split_seed": 5}
+    dm = make_dm(tmp_path, data / "labels.csv", image_dir=str(synth_dir / "images"), mix_train=other, seed=3)
+    dm.setup("fit")
+    mixed = dm.splits["train"]
+    assert isinstance(mixed, MixedRecords)
+    ours, theirs = mixed.parts
+    assert len(ours) == len(alone.splits["train"]) and len(mixed) == len(ours) + len(theirs)
+    assert {k: len(v) for k, v in dm.splits.items() if k != "train"} == {k: len(v) for k, v in alone.splits.items() if k != "train"}
+    assert dm.report["splits"]["train"] == len(mixed)
+    assert dm.report["mixed_in"]["train"] == len(theirs) == dm.report["mixed_in"]["with_caption"]
+    # index i < len(ours) is ours, the rest theirs in order, with their own captions; keys keep their seeds
+    first, last = mixed[(0, 11)], mixed[(len(mixed) - 1, 11)]
+    assert first["target"].md5hash == ours.records[0]["md5hash"] and first["target"].caption is None
+    assert last["target"].md5hash == theirs.records[len(theirs) - 1]["md5hash"] and last["target"].caption
+    assert np.array_equal(mixed[(len(ours), 7)]["image"], theirs[(0, 7)]["image"])
+    with pytest.raises(IndexError, match=f"index {len(mixed)} outside"):
+        mixed[len(mixed)]
+    order = EpochShuffle(len(mixed), 3)
+    assert sorted(key[0] for key in order) == list(range(len(mixed)))
+    # a mixed-prompt batch: caption targets only for the items that have a caption
+    dm.hparams.prompt = "mixed"
+    dm.processor = tiny[1]
+    tok = tiny[1].tokenizer
+    written = {True: 0, False: 0}
+    for batch, _ in zip(dm.train_dataloader(), range(6)):
+        for row, target in zip(batch["labels"], batch["targets"]):
+            text = tok.decode(row[row != -100])
+            if target.caption is None:
+                assert "<caption>" not in text, text
+            written[target.caption is not None] += 1
+    assert written[True] and written[False]  # both sources reach the batches
+
+
+@pytest.mark.parametrize("bad, named", [({"image_size": 224}, "image_size"), ({"bogus": 1}, "bogus"),
+                                        ({"mix_train": {}}, "mix_train")])
+def test_mix_train_refuses_keys_that_follow_the_datamodule_or_do_not_exist(tmp_path, synth_dir, bad, named):
+    from skinflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"mix_train=.*{named}"):
+        make_dm(tmp_path, synth_dir / "labels.csv", mix_train=bad)

@@ -11,6 +11,7 @@ processor (taken from the LightningModule, so model and data always share one to
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -95,6 +96,38 @@ class RecordDataset(Dataset):
                 "padding": bool(padding)}  # (index, None, "padding"): keeps a rank in step, counts for nothing
 
 
+class MixedRecords(Dataset):
+    """Training splits of several DataModules as one (``mix_train``): index ``i`` runs through the parts in order;
+    an ``EpochShuffle`` key ``(index, seed, ...)`` keeps its seed, so each item's augmentation and prompt draw are
+    its own whichever part it comes from."""
+
+    def __init__(self, parts: list[RecordDataset]):
+        self.parts = parts
+        self.offsets = np.cumsum([0, *(len(part) for part in parts)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def part_of(self, i: int) -> tuple[RecordDataset, int]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} outside the {len(self)} mixed training records")
+        k = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self.parts[k], i - int(self.offsets[k])
+
+    @property
+    def records(self):
+        """The first part's records (the DataModule's own data; checks that read a sample of records use it)."""
+        return self.parts[0].records
+
+    def target(self, row: dict) -> Target:
+        return self.parts[0].target(row)
+
+    def __getitem__(self, key: int | tuple) -> dict:
+        i, *rest = key if isinstance(key, tuple) else (key,)
+        part, j = self.part_of(int(i))
+        return part[(j, *rest)] if rest else part[j]
+
+
 class Fitzpatrick17kDataModule(LightningDataModule):
     """Fitzpatrick17k-style data: the label CSV plus a folder of ``<md5hash>.jpg|png`` images.
 
@@ -143,6 +176,11 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             characters, Fitzpatrick17k's MD5 of the image bytes); ids name image files, so whatever the pattern,
             an id must also be a plain file name (no ``/``, ``..``, absolute path). A row that fails stops loading
             with an error naming it.
+        mix_train: init args of a second DataModule whose training split joins this one's, e.g. ``{}`` (the
+            embedded synthetic lesions, which carry caption fields) beside real photographs that have none, so one
+            warmup learns both the real labels and the caption schema. Its ``image_size``, ``seed`` and
+            ``progress`` follow this DataModule; validation and test stay this DataModule's. The data report
+            counts its records (``mixed_in``).
     """
 
     def __init__(
@@ -177,6 +215,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         strict_images: bool = False,
         progress: bool = True,
         id_pattern: str = MD5_PATTERN,
+        mix_train: dict | None = None,
     ):
         super().__init__()
         if split not in PRESETS:
@@ -197,6 +236,11 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         require(synthetic_per_class >= 1, "synthetic_per_class", synthetic_per_class, "must be at least 1")
         require(min_images_per_label >= 0, "min_images_per_label", min_images_per_label, "must be >= 0")
         require(colour_strength >= 0, "colour_strength", colour_strength, "must be >= 0")
+        if mix_train is not None:
+            fixed = sorted({"image_size", "seed", "progress", "mix_train"} & set(mix_train))
+            require(not fixed, "mix_train", fixed, "sets keys that follow this DataModule; leave them out")
+            unknown = sorted(set(mix_train) - set(inspect.signature(Fitzpatrick17kDataModule).parameters))
+            require(not unknown, "mix_train", unknown, "are not Fitzpatrick17kDataModule arguments")
         self.save_hyperparameters(logger=False)
         self.processor = None
         self.report: dict = {}
@@ -414,10 +458,26 @@ class Fitzpatrick17kDataModule(LightningDataModule):
             )
         if any(self.report["without_caption_dropped"].values()):
             log.warning("require_caption: left out records without a caption: %s", self.report["without_caption_dropped"])
+        if self.hparams.mix_train is not None:
+            self._mix_in()
         self.report["splits"] = {name: len(ds) for name, ds in self.splits.items()}
         self.report["dropped_by_split_or_filter"] = int((assigned == "drop").sum())
         self.report["labels"] = candidates
         log.info("data: %s", {k: self.report[k] for k in ("rows", "kept", "splits")})
+
+    def _mix_in(self) -> None:
+        """Join ``mix_train``'s training split to this one's (its own table, split, captions and transform)."""
+        other = Fitzpatrick17kDataModule(**self.hparams.mix_train, image_size=self.hparams.image_size,
+                                         seed=self.training_seed, progress=self.hparams.progress)
+        other.setup("fit")
+        extra = other.splits["train"]
+        self.splits["train"] = MixedRecords([self.splits["train"], extra])
+        self.report["mixed_in"] = {"csv": str(other.csv_file), "train": len(extra),
+                                   "with_caption": int(sum(bool(extra.target(extra.records[i]).caption)
+                                                           for i in range(len(extra)))),
+                                   "labels": other.report["labels"]}
+        log.info("mix_train: %d training records of %s joined the %d of %s", len(extra), other.csv_file,
+                 len(self.splits["train"]) - len(extra), self.csv_file)
 
     def _clusters(self, df: pd.DataFrame) -> tuple[pd.Series | None, pd.Series | None]:
         """Cluster id per record (NaN: in no cluster) and the audit's ``keep`` mark, from ``clusters_path``."""
