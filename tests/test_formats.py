@@ -79,3 +79,54 @@ def test_parse_statuses_counts_and_colons_in_values():
     assert parse_caption("<caption>\ncolour: red\n") == ({"colour": "red"}, "unclosed")
     assert parse_caption("<caption>\nnothing here\n</caption>") == ({}, "empty")
     assert parse_caption("<caption>\nsize: 1: 3 cm\n</caption>")[0] == {"size": "1: 3 cm"}  # the first colon splits
+
+
+def test_parse_answer_and_caption_spans_of_a_non_text_are_empty_and_missing():
+    """A completion that is not text (None from a failed decode, a float NaN from a table cell) parses to nothing,
+    with the status that says so, instead of raising."""
+    from skinflow.data.formats import ParsedAnswer, caption_line_spans
+
+    for value in (None, float("nan"), 3):
+        assert parse_answer(value) == ParsedAnswer((), "missing")
+        assert caption_line_spans(value) == {}
+
+
+def test_entries_past_k_and_blank_lines_are_counted_not_ranked():
+    """Labels past the k-th are counted as entries (the format reward checks the count) but not ranked; a blank
+    line inside the block is skipped, not the end of the list."""
+    text = "<answer>\n1. psoriasis\n\n2. eczema\n3. melanoma\n4. acne\n</answer>"
+    parsed = parse_answer(text, k=2)
+    assert parsed.labels == ("psoriasis", "eczema") and parsed.entries == 4 and parsed.status == "ok"
+    assert parse_answer(text).labels == ("psoriasis", "eczema", "melanoma", "acne")
+
+
+def test_read_id_csv_checks_the_file_folder_columns_and_ids_naming_each(tmp_path):
+    from skinflow.data.formats import DataError, read_id_csv
+
+    good, other = "0" * 31 + "a", "b" * 32
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"md5hash,label,note\n{good},psoriasis,NA\n{other},eczema,007\n")
+    df = read_id_csv(csv, required=("md5hash", "label"), image_dir=tmp_path)
+    assert df["md5hash"].tolist() == [good, other]
+    assert df["note"].tolist() == ["NA", "007"]  # text as written: no NA coercion, no numbers
+    with pytest.raises(DataError, match=r"^label CSV not found: .*nowhere\.csv$"):
+        read_id_csv(tmp_path / "nowhere.csv")
+    with pytest.raises(DataError, match=r"^image folder not found: .*no_images$"):
+        read_id_csv(csv, image_dir=tmp_path / "no_images")
+    with pytest.raises(DataError, match=r"labels\.csv: required column 'url' is missing \(columns: \['md5hash', 'label', 'note'\]\)"):
+        read_id_csv(csv, required=("md5hash", "url"))
+    csv.write_text(f"md5hash,label\n{good},psoriasis\nNOT-AN-MD5,eczema\n../{other},acne\n")
+    with pytest.raises(DataError, match=r"labels\.csv row 3: md5hash 'NOT-AN-MD5' is not an MD5 \(32 lower-case hex "
+                                        r"characters; 2 such rows\): files are named and checked by it"):
+        read_id_csv(csv)
+
+
+def test_image_files_finds_each_ids_file_in_suffix_order(tmp_path):
+    from skinflow.data.formats import IMAGE_SUFFIXES, image_files
+
+    a, b, c = "a" * 32, "b" * 32, "c" * 32
+    for name in (f"{a}.png", f"{a}.jpg", f"{b}.jpeg", f"{c}.txt", f"{c}"):
+        (tmp_path / name).write_bytes(b"")
+    first = IMAGE_SUFFIXES[0]
+    assert image_files([a, b, c], tmp_path) == [f"{a}{first}", f"{b}.jpeg", None]
+    assert image_files([], tmp_path) == []
