@@ -263,3 +263,91 @@ def test_an_unknown_or_missing_source_is_in_no_holdout_split():
 def test_clean_without_clusters_says_what_to_run():
     with pytest.raises(SplitError, match="split 'clean' needs clusters_path: the near-duplicate clusters of python -m skinflow audit-data"):
         assign_splits(table(), "clean")
+
+
+def test_read_clusters_reads_the_audit_file_and_names_every_fault(tmp_path):
+    """The audit's clusters.csv as text; a repeated md5hash in one cluster is read once; faults name the file and
+    the row (1-based, the header being row 1)."""
+    from skinflow.data.splits import SplitError, read_clusters
+
+    path = tmp_path / "clusters.csv"
+    path.write_text("md5hash,cluster,keep\na1,007,1\nb2,007,0\na1,007,1\nc3,NA,1\n")
+    table = read_clusters(path)
+    assert table.to_dict("list") == {"md5hash": ["a1", "b2", "c3"], "cluster": ["007", "007", "NA"], "keep": ["1", "0", "1"]}
+    assert table.index.tolist() == [0, 1, 2]
+    path.write_text("md5hash,cluster\na1,x\n")
+    assert read_clusters(path).columns.tolist() == ["md5hash", "cluster"]  # keep is optional
+    faults = {
+        "md5hash,group\na1,x\n": r"clusters file .*clusters\.csv has no 'cluster' column \(columns: \['md5hash', 'group'\]\)",
+        "hash,cluster\na1,x\n": r"has no 'md5hash' column",
+        "md5hash,cluster\na1,x\nb2, \n": r"clusters\.csv row 3: empty md5hash or cluster$",
+        "md5hash,cluster\na1,x\n ,y\n": r"clusters\.csv row 3: empty md5hash or cluster$",
+        "md5hash,cluster\nz9,w\na1,x\nb2,y\na1,y\n": r"clusters\.csv rows 3, 5: md5hash a1 is in clusters \['x', 'y'\]$",
+        "md5hash,cluster,keep\na1,x,1\nb2,x,yes\n": r"clusters\.csv row 3: keep 'yes' is not 0 or 1$",
+    }
+    for text, message in faults.items():
+        path.write_text(text)
+        with pytest.raises(SplitError, match=message):
+            read_clusters(path)
+    with pytest.raises(SplitError, match=r"^clusters file not found: .*nowhere\.csv \(write it with python -m skinflow audit-data\)$"):
+        read_clusters(tmp_path / "nowhere.csv")
+
+
+def test_manifest_message_in_full_and_images_it_leaves_out_do_not_split_a_cluster(tmp_path):
+    """The refusal names the cluster, both splits, every member with its split, and the rule; an image the
+    manifest does not list (``drop``) does not put its cluster on a second side; ids are read as text (an all-digit
+    id keeps its leading zero)."""
+    from skinflow.data.splits import SplitError
+
+    df = table(n_labels=2, per_label=4)
+    digits = "0071"  # an id_pattern other than MD5 allows it
+    df.loc[7, "md5hash"] = digits
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"md5hash": [*df.md5hash[:2], digits], "split": ["train", "test", "val"]}).to_csv(manifest, index=False)
+    groups = pd.Series(["c7", "c7", "c8", "c8"] + [None] * 4, index=df.index)
+    with pytest.raises(SplitError) as err:
+        assign_splits(df, "manifest", manifest=manifest, groups=groups)
+    assert str(err.value) == (f"split manifest {manifest} puts near-duplicate cluster c7 into test and train "
+                              "(pso0000 in train, pso0001 in test; 1 such clusters): a cluster's images must share one split")
+    # c8: one image in train, one left out of the manifest; the all-digit id is found
+    pd.DataFrame({"md5hash": [df.md5hash[2], digits], "split": ["train", "val"]}).to_csv(manifest, index=False)
+    split = assign_splits(df, "manifest", manifest=manifest, groups=groups)
+    assert split.tolist() == ["drop", "drop", "train", "drop", "drop", "drop", "drop", "val"]
+    numeric = df.assign(md5hash=[f"{i:04d}" for i in range(len(df))])  # every id all digits
+    pd.DataFrame({"md5hash": numeric.md5hash[:2], "split": ["val", "test"]}).to_csv(manifest, index=False)
+    assert assign_splits(numeric, "manifest", manifest=manifest).tolist()[:3] == ["val", "test", "drop"]
+    pd.DataFrame({"md5": ["x"], "split": ["train"]}).to_csv(manifest, index=False)
+    with pytest.raises(SplitError, match=r"^split manifest .*m\.csv has no 'md5hash' column \(columns: \['md5', 'split'\]\)$"):
+        assign_splits(df, "manifest", manifest=manifest)
+
+
+def test_clusters_on_two_sides_reports_a_cluster_in_two_splits_and_ignores_drop():
+    assigned = pd.Series(["train", "test", "train", "drop", "val", "val", "test"], index=[10, 11, 12, 13, 14, 15, 16])
+    groups = pd.Series(["a", "a", "b", "b", "c", "c", None], index=[10, 11, 12, 13, 14, 15, 16])
+    assert clusters_on_two_sides(assigned, groups) == ["a"]
+    # cluster ids given for more rows than were assigned (the whole table): read by index
+    wider = pd.concat([groups, pd.Series(["b"], index=[99])])
+    assert clusters_on_two_sides(assigned, wider) == ["a"]
+
+
+def test_splits_read_cluster_ids_by_index_when_the_table_is_a_filtered_subset(tmp_path):
+    """The DataModule passes the rows its filters kept (a non-contiguous index) with their cluster ids; the
+    clean and manifest presets give the same split whether the ids cover exactly those rows or the whole table."""
+    full = table(n_labels=3, per_label=20)
+    groups_full = pd.Series([f"c{i // 4}" if i % 20 < 12 else None for i in range(len(full))], index=full.index)
+    subset = full.iloc[1::2]  # every other row: index 1, 3, 5, ...
+    exact = assign_splits(subset, "clean", seed=2, groups=groups_full[subset.index])
+    assert assign_splits(subset, "clean", seed=2, groups=groups_full).equals(exact)
+    assert exact.index.equals(subset.index) and (exact != "drop").sum() > 0
+    kept = exact[exact != "drop"].index
+    assert groups_full[kept].dropna().is_unique  # one image per cluster (each has two rows in the subset)
+    # without the audit's choice, the image kept is the smallest md5hash of each cluster
+    shifted = full.iloc[10:]  # index 10, 11, ...: positions and labels differ
+    split = assign_splits(shifted, "clean", seed=2, groups=groups_full[shifted.index])
+    in_cluster = groups_full[shifted.index].notna()
+    smallest = shifted[in_cluster].groupby(groups_full[shifted.index][in_cluster])["md5hash"].min()
+    assert sorted(shifted.loc[split.index[(split != "drop") & in_cluster], "md5hash"]) == sorted(smallest)
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame({"md5hash": subset.md5hash, "split": ["train"] * len(subset)}).to_csv(manifest, index=False)
+    by_index = assign_splits(subset, "manifest", manifest=manifest, groups=groups_full)
+    assert by_index.index.equals(subset.index) and (by_index == "train").all()
