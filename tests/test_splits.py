@@ -351,3 +351,40 @@ def test_splits_read_cluster_ids_by_index_when_the_table_is_a_filtered_subset(tm
     pd.DataFrame({"md5hash": subset.md5hash, "split": ["train"] * len(subset)}).to_csv(manifest, index=False)
     by_index = assign_splits(subset, "manifest", manifest=manifest, groups=groups_full)
     assert by_index.index.equals(subset.index) and (by_index == "train").all()
+
+
+@pytest.mark.parametrize("fractions, n, counts", [
+    ({"train": 0.85, "val": 0.1, "test": 0.05}, 5, {"train": 3, "val": 1, "test": 1}),  # test rounds to 0: one kept
+    ({"train": 0.1, "val": 0.1, "test": 0.8}, 3, {"train": 1, "val": 1, "test": 1}),   # train rounds to 0: one kept
+    ({"train": 0.1, "val": 0.1, "test": 0.8}, 10, {"train": 1, "val": 1, "test": 8}),  # exact: no split padded
+    ({"train": 0.7, "val": 0.1, "test": 0.2}, 2, {"train": 1, "val": 1, "test": 0}),   # too few: the rounded cuts alone
+])
+def test_stratified_cuts_keep_every_split_of_a_label_non_empty_and_otherwise_exact(fractions, n, counts):
+    from skinflow.data.splits import stratified_assign
+
+    out = stratified_assign(pd.Series(["acne"] * n), fractions, seed=0)
+    assert {name: int((out == name).sum()) for name in fractions} == counts
+
+
+def test_source_of_an_empty_url_is_unknown_and_fst_holdout_reads_fitzpatrick_scale_by_default():
+    from skinflow.data.splits import fst_holdout, source_of
+
+    urls = pd.Series(["httpwwwdermaamincomx1", None, "HTTPATLASDERMATOLOGICOCOMBR2", "elsewhere"], index=[5, 6, 7, 8])
+    assert source_of(urls).to_dict() == {5: "dermaamin", 6: "unknown", 7: "atlas", 8: "unknown"}
+    df = table(n_labels=2, per_label=30)
+    assert fst_holdout(df, "a12", 0.1, 0).equals(fst_holdout(df, "a12", 0.1, 0, column="fitzpatrick_scale"))
+
+
+def test_clean_keeps_another_image_of_a_cluster_whose_kept_image_was_filtered_out():
+    """The audit's keep covers the whole table; a filter (a label, an exclusion) removed a cluster's kept image: the
+    cluster keeps its smallest remaining md5hash instead, exactly one image, and a cluster whose keeper remains
+    keeps only that one (rows the audit did not list are not keepers)."""
+    df = table(n_labels=2, per_label=30)
+    groups = pd.Series([None] * len(df), index=df.index)
+    groups[[0, 1, 2, 3]] = "c1"  # its keeper, row 0, is filtered out below
+    groups[[4, 5, 6]] = "c2"  # keeper row 6; rows 4, 5 not listed in keep
+    keep = pd.Series({0: True, 1: False, 2: False, 3: False, 6: True})
+    filtered = df.drop(index=[0])
+    split = assign_splits(filtered, "clean", seed=0, groups=groups[filtered.index], keep=keep)
+    assert split[1] != "drop" and list(split[[2, 3]]) == ["drop", "drop"]  # pso0001 is c1's smallest remaining
+    assert split[6] != "drop" and list(split[[4, 5]]) == ["drop", "drop"]
