@@ -287,3 +287,9 @@ def test_mix_train_refuses_keys_that_follow_the_datamodule_or_do_not_exist(tmp_p
 
     with pytest.raises(ConfigError, match=rf"mix_train=.*{named}"):
         make_dm(tmp_path, synth_dir / "labels.csv", mix_train=bad)
+
+
+def test_mix_train_generates_the_embedded_synthetic_lesions_on_first_use(tmp_path, synth_dir):
+    dm = make_dm(tmp_path, synth_dir / "labels.csv", mix_train={"synthetic_per_class": 2, "cache_dir": str(tmp_path / "fresh")})
+    dm.setup("fit")
+    assert (tmp_path / "fresh").is_dir() and dm.report["mixed_in"]["with_caption"] == dm.report["mixed_in"]["train"] > 0

@@ -469,6 +469,7 @@ class Fitzpatrick17kDataModule(LightningDataModule):
         """Join ``mix_train``'s training split to this one's (its own table, split, captions and transform)."""
         other = Fitzpatrick17kDataModule(**self.hparams.mix_train, image_size=self.hparams.image_size,
                                          seed=self.training_seed, progress=self.hparams.progress)
+        other.prepare_data()  # the embedded synthetic lesions are generated on first use
         other.setup("fit")
         extra = other.splits["train"]
         self.splits["train"] = MixedRecords([self.splits["train"], extra])
