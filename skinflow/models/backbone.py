@@ -81,6 +81,9 @@ class TinySize:
     standalone synthetic warmup scored test top-1 0.484 with 3-D positions against 0.632 with 1-D ones. At 20 the
     width axis turns up to 0.6 rad and the same warmup scores 0.632 with 3-D positions. (Pretrained Qwen2.5-VL
     keeps its own theta; its grids are 16+ tokens a side and its heads learned them.)
+
+    ``patch_size`` (14, Qwen2.5-VL's) sets the tower's patches and the image processor's grid alike: at 7 a 112-px
+    image is 16 x 16 patches, 8 x 8 merged tokens in the prompt instead of 4 x 4 (about twice the step time).
     """
 
     text_hidden: int = 128
