@@ -388,3 +388,18 @@ def test_clean_keeps_another_image_of_a_cluster_whose_kept_image_was_filtered_ou
     split = assign_splits(filtered, "clean", seed=0, groups=groups[filtered.index], keep=keep)
     assert split[1] != "drop" and list(split[[2, 3]]) == ["drop", "drop"]  # pso0001 is c1's smallest remaining
     assert split[6] != "drop" and list(split[[4, 5]]) == ["drop", "drop"]
+
+
+def test_holdout_training_side_follows_the_seed_and_unknown_presets_are_refused():
+    """The held-out presets cut their training side with the given seed (the same seed: the same split, another:
+    another); assign_splits' default seed is 0; a preset that only starts like a known one is refused by name."""
+    from skinflow.data.splits import fst_holdout
+
+    df = table(n_labels=3, per_label=40)
+    first = fst_holdout(df, "a12", 0.2, 3)
+    assert first.equals(fst_holdout(df, "a12", 0.2, 3))
+    assert not first.equals(fst_holdout(df, "a12", 0.2, 4))
+    assert assign_splits(df, "random").equals(assign_splits(df, "random", seed=0))
+    for bad in ("source_bogus", "a99"):
+        with pytest.raises(SplitError, match=rf"unknown split preset '{bad}'; choose one of random, "):
+            assign_splits(df, bad)
