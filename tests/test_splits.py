@@ -360,10 +360,15 @@ def test_splits_read_cluster_ids_by_index_when_the_table_is_a_filtered_subset(tm
     ({"train": 0.7, "val": 0.1, "test": 0.2}, 2, {"train": 1, "val": 1, "test": 0}),   # too few: the rounded cuts alone
 ])
 def test_stratified_cuts_keep_every_split_of_a_label_non_empty_and_otherwise_exact(fractions, n, counts):
-    from skinflow.data.splits import stratified_assign
+    """The same edges for images (``stratified_assign``) and for groups of one image each (``grouped_assign``,
+    which cuts at each group's middle)."""
+    from skinflow.data.splits import grouped_assign, stratified_assign
 
     out = stratified_assign(pd.Series(["acne"] * n), fractions, seed=0)
     assert {name: int((out == name).sum()) for name in fractions} == counts
+    if n >= len(fractions):  # (with fewer groups than splits the two round differently: no guarantee to share)
+        grouped = grouped_assign(pd.Series(["acne"] * n), pd.Series([f"row:{i}" for i in range(n)]), fractions, seed=0)
+        assert {name: int((grouped == name).sum()) for name in fractions} == counts
 
 
 def test_source_of_an_empty_url_is_unknown_and_fst_holdout_reads_fitzpatrick_scale_by_default():
@@ -400,6 +405,12 @@ def test_holdout_training_side_follows_the_seed_and_unknown_presets_are_refused(
     assert first.equals(fst_holdout(df, "a12", 0.2, 3))
     assert not first.equals(fst_holdout(df, "a12", 0.2, 4))
     assert assign_splits(df, "random").equals(assign_splits(df, "random", seed=0))
+    from skinflow.data.splits import PRESETS
+
     for bad in ("source_bogus", "a99"):
-        with pytest.raises(SplitError, match=rf"unknown split preset '{bad}'; choose one of random, "):
+        with pytest.raises(SplitError) as err:
             assign_splits(df, bad)
+        assert str(err.value) == f"unknown split preset '{bad}'; choose one of {', '.join(PRESETS)}"
+    with pytest.raises(SplitError) as err:
+        assign_splits(df, "manifest")
+    assert str(err.value) == "split 'manifest' needs split_manifest: path to a CSV with md5hash,split columns"
