@@ -238,3 +238,36 @@ def test_selecting_rows_of_a_rollout_keeps_every_per_sequence_field_and_the_imag
     assert part.texts == ["d", "b"] and part.clipped.tolist() == [True, True]
     assert part.completion_ids.tolist() == [[9, 10, 11], [3, 4, 5]] and part.image_index.tolist() == [1, 0]
     assert part.sequence_grid_thw.tolist() == [[1, 2, 2], [1, 2, 1]] and part.pixel_values is rollout.pixel_values
+
+
+def test_kl_statistic_sums_counted_tokens_only_and_is_absent_at_beta_0():
+    """The logged KL is the sum of k3 over tokens with weight > 0 (padding adds nothing); with beta 0 no KL is
+    computed or logged even when reference log-probabilities are given."""
+    torch.manual_seed(0)
+    logp, old, ref = (torch.randn(1, 2, 4) for _ in range(3))
+    weights = torch.tensor([[[0.25, 0.25, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]]])  # padding after each completion's end
+    adv = torch.tensor([[1.0, -1.0]])
+    _, stats = policy_loss(logp, old, ref, adv, weights, 0.2, 0.2, 0.1)
+    assert torch.allclose(stats["kl"], k3_kl(logp, ref)[weights > 0].sum())
+    assert int(stats["tokens"]) == 3
+    loss0, stats0 = policy_loss(logp, old, ref, adv, weights, 0.2, 0.2, 0.0)
+    assert "kl" not in stats0
+    assert torch.equal(loss0, policy_loss(logp, old, None, adv, weights, 0.2, 0.2, 0.0)[0])
+
+
+def test_per_token_advantages_meet_their_own_tokens():
+    """Advantages given per token (B, G, T) multiply their own token's ratio, elementwise; per-sequence ones
+    (B, G) are broadcast over T: the two agree when every token carries its sequence's advantage."""
+    from skinflow.rl.grpo import clipped_surrogate
+
+    torch.manual_seed(1)
+    logp, old = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    per_token = torch.randn(2, 3, 5)
+    loss, clipped = clipped_surrogate(logp, old, per_token, 0.2, 0.2)
+    ratio = torch.exp(logp - old)
+    expected = -torch.minimum(ratio * per_token, ratio.clamp(0.8, 1.2) * per_token)
+    assert loss.shape == clipped.shape == (2, 3, 5)
+    assert torch.allclose(loss, expected)
+    per_sequence = torch.randn(2, 3)
+    assert torch.allclose(clipped_surrogate(logp, old, per_sequence, 0.2, 0.2)[0],
+                          clipped_surrogate(logp, old, per_sequence[..., None].expand(2, 3, 5), 0.2, 0.2)[0])
