@@ -105,15 +105,16 @@ def test_read_id_csv_checks_the_file_folder_columns_and_ids_naming_each(tmp_path
 
     good, other = "0" * 31 + "a", "b" * 32
     csv = tmp_path / "labels.csv"
-    csv.write_text(f"md5hash,label,note\n{good},psoriasis,NA\n{other},eczema,007\n")
+    csv.write_text(f"md5hash,label,note,fitzpatrick_scale\n{good},psoriasis,NA,3\n{other},eczema,007,07\n")
     df = read_id_csv(csv, required=("md5hash", "label"), image_dir=tmp_path)
     assert df["md5hash"].tolist() == [good, other]
     assert df["note"].tolist() == ["NA", "007"]  # text as written: no NA coercion, no numbers
+    assert df["fitzpatrick_scale"].tolist() == ["3", "07"]
     with pytest.raises(DataError, match=r"^label CSV not found: .*nowhere\.csv$"):
         read_id_csv(tmp_path / "nowhere.csv")
     with pytest.raises(DataError, match=r"^image folder not found: .*no_images$"):
         read_id_csv(csv, image_dir=tmp_path / "no_images")
-    with pytest.raises(DataError, match=r"labels\.csv: required column 'url' is missing \(columns: \['md5hash', 'label', 'note'\]\)"):
+    with pytest.raises(DataError, match=r"labels\.csv: required column 'url' is missing \(columns: \['md5hash', 'label', 'note', 'fitzpatrick_scale'\]\)"):
         read_id_csv(csv, required=("md5hash", "url"))
     csv.write_text(f"md5hash,label\n{good},psoriasis\nNOT-AN-MD5,eczema\n../{other},acne\n")
     with pytest.raises(DataError, match=r"labels\.csv row 3: md5hash 'NOT-AN-MD5' is not an MD5 \(32 lower-case hex "
