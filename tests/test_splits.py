@@ -282,7 +282,9 @@ def test_read_clusters_reads_the_audit_file_and_names_every_fault(tmp_path):
         "hash,cluster\na1,x\n": r"has no 'md5hash' column",
         "md5hash,cluster\na1,x\nb2, \n": r"clusters\.csv row 3: empty md5hash or cluster$",
         "md5hash,cluster\na1,x\n ,y\n": r"clusters\.csv row 3: empty md5hash or cluster$",
-        "md5hash,cluster\nz9,w\na1,x\nb2,y\na1,y\n": r"clusters\.csv rows 3, 5: md5hash a1 is in clusters \['x', 'y'\]$",
+        "md5hash,cluster\nz9,w\na1,x\nb2,y\na1,y\n": r"clusters\.csv rows 3, 5: md5hash a1 is in clusters \['x', 'y'\] \(1 such md5hashes\)$",
+        # the first repeated id is consistent, a later one is not: still refused, every row of it named
+        "md5hash,cluster\nz9,w\nz9,w\nb2,x\nb2,x\nb2,y\nc3,u\nc3,v\n": r"clusters\.csv rows 4, 5, 6: md5hash b2 is in clusters \['x', 'y'\] \(2 such md5hashes\)$",
         "md5hash,cluster,keep\na1,x,1\nb2,x,yes\n": r"clusters\.csv row 3: keep 'yes' is not 0 or 1$",
     }
     for text, message in faults.items():

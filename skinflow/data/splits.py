@@ -245,12 +245,15 @@ def read_clusters(path: str | Path) -> pd.DataFrame:
     if len(empty):
         raise SplitError(f"clusters file {path} row {empty[0] + 2}: empty md5hash or cluster")
     repeated = table["md5hash"].duplicated(keep=False)
-    if repeated.any():
-        rows = table.index[repeated] + 2
-        conflicting = table[table["md5hash"] == table.loc[repeated, "md5hash"].iloc[0]]
-        if conflicting["cluster"].nunique() > 1:
-            raise SplitError(f"clusters file {path} rows {', '.join(map(str, rows[:2]))}: md5hash "
-                             f"{conflicting['md5hash'].iloc[0]} is in clusters {sorted(conflicting['cluster'])}")
+    if repeated.any():  # a repeat in one cluster is read once; one md5hash in two clusters is an error
+        clusters_of = table[repeated].groupby("md5hash")["cluster"].nunique()
+        conflicted = table["md5hash"].isin(clusters_of.index[clusters_of > 1])
+        if conflicted.any():
+            md5 = table.loc[conflicted, "md5hash"].iloc[0]
+            rows = table.index[table["md5hash"] == md5] + 2
+            raise SplitError(f"clusters file {path} rows {', '.join(map(str, rows))}: md5hash {md5} is in clusters "
+                             f"{sorted(set(table.loc[table['md5hash'] == md5, 'cluster']))} "
+                             f"({int((clusters_of > 1).sum())} such md5hashes)")
         table = table[~table["md5hash"].duplicated()]
     if "keep" in table.columns:
         bad = table.index[~table["keep"].isin(["0", "1"])]
