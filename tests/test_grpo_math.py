@@ -202,6 +202,8 @@ def test_a_group_ties_when_its_spread_is_at_most_the_tolerance():
 
     rewards = torch.tensor([[0.0, 0.5], [0.0, 0.75], [1.0, 1.0]])
     assert tied_groups(rewards, tol=0.5).tolist() == [True, False, True]
+    # by default only float noise ties: any real spread of rewards is a learning signal
+    assert tied_groups(torch.tensor([[0.0, 0.5], [0.3, 0.3 + 1e-7], [0.0, 1e-3]])).tolist() == [False, True, False]
 
 
 def test_temperature_defaults_to_1():
