@@ -245,3 +245,18 @@ def test_field_advantages_keep_the_rewards_dtype():
     assert low.dtype == torch.bfloat16
     high = field_token_advantages(total, scores, 0.5, token_field)
     assert torch.allclose(low.float(), high, atol=0.05)
+
+
+def test_field_scores_grade_controlled_vocabulary_exactly_and_free_values_by_overlap():
+    """A controlled field (its reference one of the schema's words) scores 1 or 0, never the token overlap a
+    near miss would get: 'dark red' for 'red' earns 0 on colour. A value outside the vocabulary is scored by F1."""
+    from skinflow.rl.rewards import CONTROLLED
+
+    colour = sorted(CONTROLLED["colour"])[0]
+    target = Target(label="psoriasis", nine="", three="", fitzpatrick=1, md5hash="x",
+                    caption={"colour": colour, "location": "left upper arm near elbow"}, differential=("psoriasis",))
+    text = render_caption({"colour": f"dark {colour}", "location": "upper arm"})
+    scores = caption_field_scores([text, render_caption({"colour": colour})], [target, target])
+    c, loc = CAPTION_FIELDS.index("colour"), CAPTION_FIELDS.index("location")
+    assert scores[0, c] == 0.0 and scores[1, c] == 1.0
+    assert 0.0 < float(scores[0, loc]) < 1.0  # 'upper arm' overlaps the free-text location in part
