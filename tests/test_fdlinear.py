@@ -125,10 +125,12 @@ def test_state_dict_round_trip():
     assert "group_index" not in layer.state_dict()  # derived from the shape, not stored
 
 
-def test_parameter_count_from_shapes():
-    layer = FDLinear.from_linear(torch.nn.Linear(40, 30), num_groups=6, reduction=1 / 16, min_channels=16)
-    added = sum(p.numel() for p in layer.parameters()) - (40 * 30 + 30)
-    assert added == dve_head_parameters(40, 30, 6, 1 / 16, 16)
+@pytest.mark.parametrize("in_f, out_f", [(40, 30), (41, 30)])  # an odd width: the spectrum's I // 2 + 1 columns
+def test_parameter_count_from_shapes(in_f, out_f):
+    layer = FDLinear.from_linear(torch.nn.Linear(in_f, out_f), num_groups=6, reduction=1 / 16, min_channels=16)
+    added = sum(p.numel() for p in layer.parameters()) - (in_f * out_f + out_f)
+    count = dve_head_parameters(in_f, out_f, 6, 1 / 16, 16)
+    assert added == count and isinstance(count, int)
 
 
 @pytest.mark.parametrize("out_f, in_f, k", [(6, 10, 5), (7, 9, 4), (12, 5, 6)])
