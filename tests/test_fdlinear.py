@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -171,3 +172,48 @@ def test_a_linear_without_bias_stays_without_one_and_a_bad_packing_is_named():
     with_bias = FDLinear.from_linear(torch.nn.Linear(8, 6), num_groups=4)
     with pytest.raises(ValueError, match="cu_seqlens ends at 5 but the packed input has 7 tokens"):
         with_bias(torch.randn(7, 8), cu_seqlens=torch.tensor([0, 2, 5]))
+
+
+def test_equal_radii_are_grouped_in_coefficient_order_so_groups_do_not_depend_on_the_sort():
+    """group_index is rebuilt at load (not saved), so it must not depend on how a sort orders ties: coefficients of
+    equal radius (o and O - o, and many more on a square) go to groups in their row-major order."""
+    from skinflow.models.fdlinear import frequency_groups
+
+    out_f, in_f, k = 64, 64, 7
+    radius = np.sqrt(np.abs(np.fft.fftfreq(out_f))[:, None] ** 2 + np.fft.rfftfreq(in_f)[None, :] ** 2).ravel()
+    rank = sorted(range(radius.size), key=lambda j: (radius[j], j))  # ties by position
+    expected = np.empty(radius.size, dtype=np.int64)
+    for g, chunk in enumerate(np.array_split(np.array(rank), k)):
+        expected[chunk] = g
+    assert frequency_groups(out_f, in_f, k).ravel().tolist() == expected.tolist()
+
+
+def test_defaults_and_a_layer_without_bias_and_the_packing_it_was_given():
+    """64 frequency groups by default (both constructors); a layer without bias runs; a packing set on the layer
+    (``cu_seqlens``, as the DVE sets it for the vision tower's packed images) is used when none is passed."""
+    assert FDLinear(32, 32).num_groups == 64 and FDLinear.from_linear(torch.nn.Linear(32, 32)).num_groups == 64
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(8, 6, bias=False)
+    layer = FDLinear.from_linear(plain, num_groups=4)
+    x = torch.randn(5, 8)
+    assert torch.allclose(layer(x), plain(x), atol=1e-5)  # gains start at 1
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name != "spectrum":
+                p.add_(torch.randn_like(p))  # heads away from their start: packing now matters
+    packing = torch.tensor([0, 2, 5])
+    expected = layer(x, cu_seqlens=packing)
+    assert not torch.allclose(expected, layer(x))
+    layer.cu_seqlens = packing
+    assert torch.equal(layer(x), expected)
+
+
+def test_a_bfloat16_layer_keeps_bfloat16_activations():
+    torch.manual_seed(0)
+    layer = FDLinear.from_linear(torch.nn.Linear(16, 12), num_groups=4).to(torch.bfloat16)
+    x = torch.randn(2, 5, 16, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 5, 12)
+    packed = layer(x.reshape(10, 16), cu_seqlens=torch.tensor([0, 5, 10]))
+    assert packed.dtype == torch.bfloat16
+    assert torch.allclose(packed.float(), y.reshape(10, 12).float(), atol=0.05)
