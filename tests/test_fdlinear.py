@@ -217,3 +217,20 @@ def test_a_bfloat16_layer_keeps_bfloat16_activations():
     packed = layer(x.reshape(10, 16), cu_seqlens=torch.tensor([0, 5, 10]))
     assert packed.dtype == torch.bfloat16
     assert torch.allclose(packed.float(), y.reshape(10, 12).float(), atol=0.05)
+
+
+def test_the_heads_normalise_with_rmsnorm_at_eps_1e_6_even_for_faint_images():
+    """gains = 2 sigmoid(head(relu(RMSNorm(squeeze(descriptor))))) with RMSNorm's eps 1e-6: written out here and
+    compared on descriptors faint enough (squeezed mean square about 1e-6) that another eps changes the gains."""
+    torch.manual_seed(0)
+    layer = FDLinear(32, 24, num_groups=4, min_channels=8)
+    with torch.no_grad():
+        for p in layer.parameters():
+            if p is not layer.spectrum:
+                p.copy_(torch.randn_like(p))
+    d = 1e-3 * torch.randn(3, 32) / 32 ** 0.5
+    z = layer.squeeze(d)
+    h = torch.relu(z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6) * layer.norm.weight)
+    expected = [2 * torch.sigmoid(head(h)) for head in (layer.to_groups, layer.to_in, layer.to_out)]
+    for ours, theirs in zip(layer.gains(d), expected):
+        assert torch.allclose(ours, theirs, atol=1e-5)
