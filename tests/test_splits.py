@@ -93,7 +93,7 @@ def test_unknown_preset():
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from skinflow.data.splits import PRESETS, SplitError, clusters_on_two_sides  # noqa: E402
+from skinflow.data.splits import PRESETS, SplitError, clusters_on_two_sides, read_clusters  # noqa: E402
 
 GROUPED_PRESETS = [p for p in PRESETS if p != "manifest"]
 
@@ -268,8 +268,6 @@ def test_clean_without_clusters_says_what_to_run():
 def test_read_clusters_reads_the_audit_file_and_names_every_fault(tmp_path):
     """The audit's clusters.csv as text; a repeated md5hash in one cluster is read once; faults name the file and
     the row (1-based, the header being row 1)."""
-    from skinflow.data.splits import SplitError, read_clusters
-
     path = tmp_path / "clusters.csv"
     path.write_text("md5hash,cluster,keep\na1,007,1\nb2,007,0\na1,007,1\nc3,NA,1\n")
     table = read_clusters(path)
@@ -299,8 +297,6 @@ def test_manifest_message_in_full_and_images_it_leaves_out_do_not_split_a_cluste
     """The refusal names the cluster, both splits, every member with its split, and the rule; an image the
     manifest does not list (``drop``) does not put its cluster on a second side; ids are read as text (an all-digit
     id keeps its leading zero)."""
-    from skinflow.data.splits import SplitError
-
     df = table(n_labels=2, per_label=4)
     digits = "0071"  # an id_pattern other than MD5 allows it
     df.loc[7, "md5hash"] = digits
@@ -407,8 +403,6 @@ def test_holdout_training_side_follows_the_seed_and_unknown_presets_are_refused(
     assert first.equals(fst_holdout(df, "a12", 0.2, 3))
     assert not first.equals(fst_holdout(df, "a12", 0.2, 4))
     assert assign_splits(df, "random").equals(assign_splits(df, "random", seed=0))
-    from skinflow.data.splits import PRESETS
-
     for bad in ("source_bogus", "a99"):
         with pytest.raises(SplitError) as err:
             assign_splits(df, bad)
