@@ -237,13 +237,10 @@ def test_token_fields_of_no_tokens_is_an_empty_index_tensor():
 def test_field_advantages_keep_the_rewards_dtype():
     """Under bfloat16 rewards the per-token advantages stay bfloat16 (the extra no-field slot does not promote them
     to float32), and match the float32 computation to bfloat16's precision."""
-    torch.manual_seed(0)
-    B, G, F, T = 2, 3, len(CAPTION_FIELDS), 5
-    total, scores = torch.rand(B, G), torch.rand(B, G, F)
-    token_field = torch.randint(-1, F, (B, G, T))
-    low = field_token_advantages(total.bfloat16(), scores.bfloat16(), 0.5, token_field)
+    total, scores, weight, token_field = random_case(2)
+    low = field_token_advantages(total.bfloat16(), scores.bfloat16(), weight, token_field)
     assert low.dtype == torch.bfloat16
-    high = field_token_advantages(total, scores, 0.5, token_field)
+    high = field_token_advantages(total, scores, weight, token_field)
     assert torch.allclose(low.float(), high, atol=0.05)
 
 
