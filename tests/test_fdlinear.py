@@ -188,6 +188,15 @@ def test_equal_radii_are_grouped_in_coefficient_order_so_groups_do_not_depend_on
     assert frequency_groups(out_f, in_f, k).ravel().tolist() == expected.tolist()
 
 
+def move_heads(layer: FDLinear) -> None:
+    """Every parameter but the spectrum moved by a standard normal draw: the heads away from their start, where
+    every gain is 1 and neither the packing nor the heads' normalisation shows in the output."""
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            if name != "spectrum":
+                p.add_(torch.randn_like(p))
+
+
 def test_defaults_and_a_layer_without_bias_and_the_packing_it_was_given():
     """64 frequency groups by default (both constructors); a layer without bias runs; a packing set on the layer
     (``cu_seqlens``, as the DVE sets it for the vision tower's packed images) is used when none is passed."""
@@ -197,10 +206,7 @@ def test_defaults_and_a_layer_without_bias_and_the_packing_it_was_given():
     layer = FDLinear.from_linear(plain, num_groups=4)
     x = torch.randn(5, 8)
     assert torch.allclose(layer(x), plain(x), atol=1e-5)  # gains start at 1
-    with torch.no_grad():
-        for name, p in layer.named_parameters():
-            if name != "spectrum":
-                p.add_(torch.randn_like(p))  # heads away from their start: packing now matters
+    move_heads(layer)  # packing now matters
     packing = torch.tensor([0, 2, 5])
     expected = layer(x, cu_seqlens=packing)
     assert not torch.allclose(expected, layer(x))
@@ -224,10 +230,7 @@ def test_the_heads_normalise_with_rmsnorm_at_eps_1e_6_even_for_faint_images():
     compared on descriptors faint enough (squeezed mean square about 1e-6) that another eps changes the gains."""
     torch.manual_seed(0)
     layer = FDLinear(32, 24, num_groups=4, min_channels=8)
-    with torch.no_grad():
-        for p in layer.parameters():
-            if p is not layer.spectrum:
-                p.copy_(torch.randn_like(p))
+    move_heads(layer)
     d = 1e-3 * torch.randn(3, 32) / 32 ** 0.5
     z = layer.squeeze(d)
     h = torch.relu(z / torch.sqrt(z.pow(2).mean(-1, keepdim=True) + 1e-6) * layer.norm.weight)
