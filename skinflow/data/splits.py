@@ -250,10 +250,9 @@ def read_clusters(path: str | Path) -> pd.DataFrame:
         conflicted = table["md5hash"].isin(clusters_of.index[clusters_of > 1])
         if conflicted.any():
             md5 = table.loc[conflicted, "md5hash"].iloc[0]
-            rows = table.index[table["md5hash"] == md5] + 2
-            raise SplitError(f"clusters file {path} rows {', '.join(map(str, rows))}: md5hash {md5} is in clusters "
-                             f"{sorted(set(table.loc[table['md5hash'] == md5, 'cluster']))} "
-                             f"({int((clusters_of > 1).sum())} such md5hashes)")
+            its_rows = table[table["md5hash"] == md5]
+            raise SplitError(f"clusters file {path} rows {', '.join(map(str, its_rows.index + 2))}: md5hash {md5} is in "
+                             f"clusters {sorted(set(its_rows['cluster']))} ({int((clusters_of > 1).sum())} such md5hashes)")
         table = table[~table["md5hash"].duplicated()]
     if "keep" in table.columns:
         bad = table.index[~table["keep"].isin(["0", "1"])]
