@@ -44,7 +44,8 @@ from skinflow.data.ontology import ONTOLOGY  # noqa: E402
 
 ARMS = ("cnn", "tower", "probe")
 TINY_FIELDS = {"text_hidden": int, "text_layers": int, "text_heads": int, "vision_hidden": int, "vision_depth": int,
-               "vision_heads": int, "rope_theta": float, "patch_size": int}
+               "vision_heads": int, "rope_theta": float, "patch_size": int, "stem": str,
+               "stem_widths": lambda v: [int(w) for w in v.split(",")]}
 
 
 def datamodule(seed: int, image_size: int | None = None, tiny: dict | None = None):

@@ -89,6 +89,9 @@ def export_stage(ckpt: str | Path, out: str | Path, merge: bool = False) -> dict
     try:
         checkpoint = read_stage_checkpoint(ckpt)
         spec = spec_from_dict(checkpoint["backbone_identity"]["spec"])
+        if spec.tiny.stem == "conv":
+            raise ExportError(f"{ckpt}: its tiny backbone has the convolutional stem (backbone.tiny.stem: conv), which "
+                              "stock Qwen2.5-VL cannot load; use the stage checkpoint itself (test, predict, init_from)")
         stage = SkinflowStage(spec)  # the backbone the checkpoint was trained on
         stage.load_checkpoint_weights(checkpoint, str(ckpt))
     except CheckpointMismatch as err:

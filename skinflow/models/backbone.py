@@ -30,6 +30,7 @@ from skinflow.errors import ConfigError
 from skinflow.models.dve import DVESpec, attach_dve, set_dve_trainable
 from skinflow.models.generation import neutral_generation_config
 from skinflow.models.processor import VisionLanguageProcessor
+from skinflow.models.stem import attach_conv_stem
 from skinflow.models.tiny_tokenizer import ASSET_DIR as TINY_TOKENIZER_DIR
 
 # LoRA goes on the language model's attention and MLP projections, never on the vision tower.
@@ -84,6 +85,10 @@ class TinySize:
 
     ``patch_size`` (14, Qwen2.5-VL's) sets the tower's patches and the image processor's grid alike: at 7 a 112-px
     image is 16 x 16 patches, 8 x 8 merged tokens in the prompt instead of 4 x 4 (about twice the step time).
+
+    ``stem`` ``conv`` replaces the tower's per-patch linear embedding by overlapping convolutions over the whole
+    image (``skinflow.models.stem.ConvStem``, channel ``stem_widths``), pooled to the same patch grid: the tiny
+    preset's real-photograph recipe. ``patch`` (the default) is Qwen2.5-VL's own.
     """
 
     text_hidden: int = 128
@@ -94,6 +99,8 @@ class TinySize:
     vision_heads: int = 4
     rope_theta: float = 20.0
     patch_size: int = 14
+    stem: Literal["patch", "conv"] = "patch"
+    stem_widths: list[int] = field(default_factory=lambda: [64, 128, 256])
 
 
 @dataclass
@@ -231,6 +238,10 @@ def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device |
     ``tokenizer`` the checkpoint's generation config is neutralised (kept as ``model.checkpoint_generation_config``)
     and generation stops on the tokenizer's and the checkpoint's EOS ids."""
     dtype = getattr(torch, spec.dtype)
+    if spec.tiny.stem == "conv" and (spec.preset != "tiny" or spec.pretrained_path is not None):
+        raise ConfigError("backbone.tiny.stem: conv is for the randomly initialised tiny preset; a pretrained or "
+                          f"non-tiny backbone (preset {spec.preset!r}, pretrained_path {spec.pretrained_path!r}) "
+                          "keeps its own patch embedding")
     meta = device is not None and torch.device(device).type == "meta"
     if spec.pretrained_path is not None and not meta:
         try:
@@ -251,6 +262,8 @@ def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device |
         # no device given: the ambient one (``with torch.device("cuda")`` builds a 7B shape on the GPU directly)
         with contextlib.nullcontext() if device is None else torch.device(device):
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+            if spec.preset == "tiny" and spec.tiny.stem == "conv":
+                attach_conv_stem(model.model.visual, spec.tiny.stem_widths)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if tokenizer is not None:  # generate applies only what the kit passes (``skinflow.models.generation``)
@@ -325,6 +338,8 @@ def backbone_identity(spec: BackboneSpec, model: torch.nn.Module) -> dict:
     text = config.to_json_string(use_diff=False) if config is not None else ""
     architecture = {k: v for k, v in json.loads(text or "{}").items() if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")}
     architecture["dve"] = asdict(spec.dve) if spec.dve.enabled else None  # FDLinear changes the architecture
+    if spec.preset == "tiny" and spec.tiny.stem == "conv":  # so does the convolutional stem (absent: the stock one)
+        architecture["stem"] = {"kind": "conv", "widths": list(spec.tiny.stem_widths)}
     cleaned = json.dumps(architecture, sort_keys=True)
     return {
         "preset": spec.preset, "pretrained_path": spec.pretrained_path,

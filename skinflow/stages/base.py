@@ -155,6 +155,16 @@ def is_padding(batch: dict) -> bool:
     return padding is not None and bool(padding.all())
 
 
+def trainable_state_keys(module: nn.Module) -> set[str]:
+    """What a checkpoint keeps of ``module``: its trainable parameters, and the persistent buffers of every layer
+    that has one (a BatchNorm's running statistics train with its weights: ``skinflow.models.stem``)."""
+    trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+    owners = {name.rpartition(".")[0] for name in trainable}
+    persistent = set(module.state_dict(keep_vars=True))
+    return trainable | {name for name, _ in module.named_buffers()
+                        if name in persistent and name.rpartition(".")[0] in owners}
+
+
 def read_stage_checkpoint(path: str | Path) -> dict:
     """A stage checkpoint's dict; one clear error naming the file when it is missing, damaged or not a stage's."""
     from skinflow.stages.fsdp import checkpoint_exists, is_sharded_checkpoint, read_sharded_checkpoint
@@ -419,8 +429,8 @@ class SkinflowStage(LightningModule):
         return [p for p in self.parameters() if p.requires_grad]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        return {k: v for k, v in self.state_dict().items() if k in trainable}
+        keys = trainable_state_keys(self)
+        return {k: v for k, v in self.state_dict().items() if k in keys}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = self.trainable_state_dict()

@@ -109,8 +109,10 @@ class ShardedDataParallel(ModelParallelStrategy):
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_optimizer_state_dict
 
+        from skinflow.stages.base import trainable_state_keys
+
         module = self.lightning_module
-        trainable = {name for name, p in module.named_parameters() if p.requires_grad}
+        trainable = trainable_state_keys(module)
         state = {k: v for k, v in get_model_state_dict(module).items() if k in trainable}
         dcp.load({"state_dict": state}, checkpoint_id=path)
         module.load_state_dict(state, strict=False)

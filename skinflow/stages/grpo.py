@@ -17,8 +17,8 @@ One ``training_step`` per batch of B images (manual optimisation):
 
 Sampler and scorer use one distribution: the engine applies only temperature, top-p, top-k 0 and the suppressed
 placeholders (the checkpoint's generation config is neutralised, ``skinflow.models.generation``), and the scorer
-applies the same temperature and suppression. RL stages run without dropout (``disable_dropout``), since the
-sampler runs in eval mode and the scorer in train mode. ``top_p < 1`` samples from a truncated distribution the
+applies the same temperature and suppression. RL stages run without dropout (``disable_dropout``) and with frozen
+batch statistics (``freeze_batch_statistics``), since the sampler runs in eval mode and the scorer in train mode. ``top_p < 1`` samples from a truncated distribution the
 scorer does not truncate (as in TRL); the shipped configs use 1.0.
 
 The maths lives in ``skinflow.rl.grpo`` (shape legend in ``skinflow.rl``). Validation and test generate greedily
@@ -41,6 +41,7 @@ from skinflow.models.backbone import BackboneSpec
 from skinflow.models.sharding import root_forward
 from skinflow.models.unwrap import bare_model
 from skinflow.models.reference import disable_dropout, snapshot_trainable, swapped_parameters
+from skinflow.models.stem import freeze_batch_statistics
 from skinflow.errors import ConfigError, require
 from skinflow.rl.grpo import LOSS_WEIGHTS, AdvantageScale, LossName, group_advantages, policy_loss, tied_groups, token_entropy, token_logprobs
 from skinflow.rl.engines import EngineOutput, Prompts, Sampling, build_engine
@@ -171,6 +172,7 @@ class GRPOStage(SkinflowStage):
         self.stage_name = stage
         self.automatic_optimization = False
         disable_dropout(self.model)  # sampled in eval mode, scored in train mode: no dropout may tell them apart
+        freeze_batch_statistics(self.model)  # nor batch statistics (the tiny preset's convolutional stem)
         # the starting policy (after ``init_from``, before any resume restores weights): the KL reference
         self._reference_weights = snapshot_trainable(self) if beta else {}
         self.timings: dict[str, float] = {}  # seconds per phase of the last training step (logged as time/<phase>)
