@@ -57,18 +57,15 @@ class ConvStem(nn.Module):
     """
 
     def __init__(self, patch_size: int, temporal_patch_size: int, merge_size: int, embed_dim: int,
-                 widths: tuple[int, ...] = (64, 128, 256), in_channels: int = 3, norm: str = "batch"):
+                 widths: tuple[int, ...] = (64, 128, 256), in_channels: int = 3):
         super().__init__()
         self.patch_size, self.temporal_patch_size, self.merge_size = patch_size, temporal_patch_size, merge_size
         self.in_channels, self.embed_dim = in_channels, embed_dim
-        def normalise(channels: int) -> nn.Module:
-            return nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(8, channels)
-
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0] // 2, 5, stride=2, padding=2, bias=False),
-                                   normalise(widths[0] // 2), nn.ReLU(inplace=True)]
+                                   nn.BatchNorm2d(widths[0] // 2), nn.ReLU(inplace=True)]
         channels, stride = widths[0] // 2, 2
         for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), normalise(width),
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                        nn.ReLU(inplace=True)]
             if stride * 2 <= patch_size:
                 layers.append(nn.MaxPool2d(2))
