@@ -18,8 +18,9 @@ One ``training_step`` per batch of B images (manual optimisation):
 Sampler and scorer use one distribution: the engine applies only temperature, top-p, top-k 0 and the suppressed
 placeholders (the checkpoint's generation config is neutralised, ``skinflow.models.generation``), and the scorer
 applies the same temperature and suppression. RL stages run without dropout (``disable_dropout``) and with frozen
-batch statistics (``freeze_batch_statistics``), since the sampler runs in eval mode and the scorer in train mode. ``top_p < 1`` samples from a truncated distribution the
-scorer does not truncate (as in TRL); the shipped configs use 1.0.
+batch statistics (``freeze_batch_statistics``), since the sampler runs in eval mode and the scorer in train mode.
+``top_p < 1`` samples from a truncated distribution the scorer does not truncate (as in TRL); the shipped configs
+use 1.0.
 
 The maths lives in ``skinflow.rl.grpo`` (shape legend in ``skinflow.rl``). Validation and test generate greedily
 and use the clinical metric collection of ``SkinflowStage``.
