@@ -135,8 +135,7 @@ def test_a_warmup_checkpoint_carries_the_stems_running_statistics(tmp_path):
 
     spec = BackboneSpec(tiny=TinySize(stem="conv"))
     stage = WarmupStage(backbone=spec)
-    _, processor = build_backbone(spec)
-    vision = processor.images(photos([(112, 112)] * 4, seed=4))
+    vision = stage.processor.images(photos([(112, 112)] * 4, seed=4))
     stem = stage.model.model.visual.patch_embed
     stem.train()
     stem.grid_thw = vision["image_grid_thw"]

@@ -262,7 +262,7 @@ def build_model(spec: BackboneSpec, tokenizer=None, device: str | torch.device |
         # no device given: the ambient one (``with torch.device("cuda")`` builds a 7B shape on the GPU directly)
         with contextlib.nullcontext() if device is None else torch.device(device):
             model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
-            if spec.preset == "tiny" and spec.tiny.stem == "conv":
+            if spec.tiny.stem == "conv":  # tiny only: refused above otherwise
                 attach_conv_stem(model.model.visual, spec.tiny.stem_widths)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -338,7 +338,7 @@ def backbone_identity(spec: BackboneSpec, model: torch.nn.Module) -> dict:
     text = config.to_json_string(use_diff=False) if config is not None else ""
     architecture = {k: v for k, v in json.loads(text or "{}").items() if k not in ("transformers_version", "_name_or_path", "dtype", "torch_dtype")}
     architecture["dve"] = asdict(spec.dve) if spec.dve.enabled else None  # FDLinear changes the architecture
-    if spec.preset == "tiny" and spec.tiny.stem == "conv":  # so does the convolutional stem (absent: the stock one)
+    if spec.tiny.stem == "conv":  # so does the convolutional stem (absent: the stock one)
         architecture["stem"] = {"kind": "conv", "widths": list(spec.tiny.stem_widths)}
     cleaned = json.dumps(architecture, sort_keys=True)
     return {

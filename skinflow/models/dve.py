@@ -66,8 +66,13 @@ def dve_block_indices(spec: DVESpec, vision_config) -> list[int]:
     return list(spec.blocks)
 
 
+def tower_grid_thw(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The ``grid_thw`` a forward pre-hook on the vision tower sees (``visual(hidden_states, grid_thw)``)."""
+    return kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+
+
 def _per_image_boundaries(module: nn.Module, args: tuple, kwargs: dict) -> None:
-    grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+    grid_thw = tower_grid_thw(args, kwargs)
     counts = grid_thw.prod(dim=-1)
     cu = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     for layer in module.modules():

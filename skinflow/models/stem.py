@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from skinflow.models.dve import tower_grid_thw
+
 
 def rows_to_images(rows: torch.Tensor, grid_thw: torch.Tensor, channels: int, temporal: int, patch: int,
                    merge: int) -> list[torch.Tensor]:
@@ -115,8 +117,7 @@ def freeze_batch_statistics(module: nn.Module) -> int:
 
 
 def _set_grid(module: nn.Module, args: tuple, kwargs: dict) -> None:
-    grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-    module.patch_embed.grid_thw = grid_thw
+    module.patch_embed.grid_thw = tower_grid_thw(args, kwargs)
 
 
 def attach_conv_stem(visual: nn.Module, widths: tuple[int, ...] = (64, 128, 256)) -> ConvStem:
