@@ -209,28 +209,38 @@ def vlm_arm(seed: int, extra: list[str] = ()) -> dict[str, float]:
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     return {"top1": metrics["test/top1_exact"], "top6": metrics["test/top6_exact"], "three": metrics["test/top1_three"],
             "distinct_top1": len(set(first_answers)), "seconds": time.time() - start, "params": float("nan"),
-            "head_top1": safe_head_top1(cli.model, cli.datamodule)}
+            "head_top1": safe_head_top1(cli.model, cli.datamodule),
+            "head_train_top1": safe_head_top1(cli.model, cli.datamodule, "train")}
 
 
-def safe_head_top1(stage, dm) -> float:
+def safe_head_top1(stage, dm, split: str = "test") -> float:
     try:
-        return label_head_top1(stage, dm)
+        return label_head_top1(stage, dm, split)
     except Exception as err:  # noqa: BLE001  a diagnostic: never lose the run's figures to it
         print(f"  (label head top-1 not measured: {type(err).__name__}: {err})")
         return float("nan")
 
 
-def label_head_top1(stage, dm) -> float:
-    """Test top-1 of the warmup's auxiliary label head (nan without one): what the vision features alone support,
-    beside the answer the language model writes from them."""
+def label_head_top1(stage, dm, split: str = "test") -> float:
+    """Top-1 of the warmup's auxiliary label head on ``split`` (nan without one): what the vision features alone
+    support, beside the answer the language model writes from them. ``train`` is read with the evaluation transform,
+    so it sits beside test top-1 as the fit to the training photographs (overfitting against underfitting)."""
+    import copy
+
     from skinflow.data.ontology import ONTOLOGY
+    from skinflow.data.transforms import eval_transform
 
     if getattr(stage, "label_head", None) is None:
         return float("nan")
     stage.eval()
     hits = total = 0
     with torch.no_grad():
-        for batch in dm.test_dataloader():
+        loader = dm.test_dataloader()
+        if split != "test":
+            dataset = copy.copy(dm.splits[split])
+            dataset.transform = eval_transform(dm.hparams.image_size)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=dm.collator("test"))
+        for batch in loader:
             features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
             logits = stage.label_head(torch.stack([f.mean(0) for f in features]).float())
             gold = torch.tensor([ONTOLOGY.index(t.label) for t in batch["targets"]])
@@ -311,7 +321,8 @@ def main() -> None:
         if ns.vlm:
             out = vlm_arm(seed, ns.vlm_arg)
             print(f"  vlm    seed {seed}: top-1 {out['top1']:.3f}  top-6 {out['top6']:.3f}  three {out['three']:.3f}  "
-                  f"distinct top-1 answers {out['distinct_top1']}  label head top-1 {out['head_top1']:.3f}  "
+                  f"distinct top-1 answers {out['distinct_top1']}  label head top-1 {out['head_top1']:.3f} "
+                  f"(train split {out['head_train_top1']:.3f})  "
                   f"({out['seconds']:.0f} s) {' '.join(ns.vlm_arg)}")
             results.setdefault("vlm", []).append(out)
     print("\n| arm | top-1 | top-6 | three-class | seeds |\n|---|---|---|---|---|")
