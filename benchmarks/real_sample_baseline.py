@@ -79,6 +79,17 @@ def split_items(dm, split: str, epoch: int = 0, seed: int = 0) -> list[dict]:
     return [dataset[key] for key in order]
 
 
+def unaugmented(dm, split: str):
+    """``dm``'s ``split`` read with the evaluation transform (the training split without its augmentation)."""
+    import copy
+
+    from skinflow.data.transforms import eval_transform
+
+    dataset = copy.copy(dm.splits[split])
+    dataset.transform = eval_transform(dm.hparams.image_size)
+    return dataset
+
+
 class SmallCNN(nn.Module):
     """A 5x5 stride-2 stem, then four conv-BN-ReLU-maxpool stages (64, 128, 256, 384 channels), global average pool,
     dropout, linear: 1.27 M parameters, about 0.25 GMAC an image at 112 px (cheap enough for 2 CPU cores)."""
@@ -177,6 +188,8 @@ def train_arm(arm: str, dm, seed: int, epochs: int, lr: float, batch_size: int, 
             log(f"  [{arm} seed {seed}] epoch {epoch + 1}/{epochs} loss {loss.item():.3f} ({time.time() - start:.0f} s)")
     result = evaluate(model, arm, split_items(dm, "test"), labels, processor)
     result["seconds"] = time.time() - start
+    train = unaugmented(dm, "train")
+    result["train_top1"] = evaluate(model, arm, [train[i] for i in range(len(train))], labels, processor)["top1"]
     result["params"] = sum(p.numel() for p in params)
     return result
 
@@ -225,10 +238,7 @@ def label_head_top1(stage, dm, split: str = "test") -> float:
     """Top-1 of the warmup's auxiliary label head on ``split`` (nan without one): what the vision features alone
     support, beside the answer the language model writes from them. ``train`` is read with the evaluation transform,
     so it sits beside test top-1 as the fit to the training photographs (overfitting against underfitting)."""
-    import copy
-
     from skinflow.data.ontology import ONTOLOGY
-    from skinflow.data.transforms import eval_transform
 
     if getattr(stage, "label_head", None) is None:
         return float("nan")
@@ -237,9 +247,7 @@ def label_head_top1(stage, dm, split: str = "test") -> float:
     with torch.no_grad():
         loader = dm.test_dataloader()
         if split != "test":
-            dataset = copy.copy(dm.splits[split])
-            dataset.transform = eval_transform(dm.hparams.image_size)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=dm.collator("test"))
+            loader = torch.utils.data.DataLoader(unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
         for batch in loader:
             features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
             logits = stage.label_head(torch.stack([f.mean(0) for f in features]).float())
@@ -316,7 +324,8 @@ def main() -> None:
             lr = ns.lr if arm == "cnn" else ns.lr / 2
             out = train_arm(arm, dm, seed, ns.epochs, lr, ns.batch_size, tiny=tiny)
             print(f"  {arm:<6} seed {seed}: top-1 {out['top1']:.3f}  top-6 {out['top6']:.3f}  three {out['three']:.3f}  "
-                  f"distinct top-1 answers {out['distinct_top1']}  ({out['params'] / 1e6:.2f} M trained, {out['seconds']:.0f} s)")
+                  f"distinct top-1 answers {out['distinct_top1']}  (train split top-1 {out['train_top1']:.3f}; "
+                  f"{out['params'] / 1e6:.2f} M trained, {out['seconds']:.0f} s)")
             results.setdefault(arm, []).append(out)
         if ns.vlm:
             out = vlm_arm(seed, ns.vlm_arg)
