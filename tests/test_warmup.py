@@ -169,6 +169,25 @@ def test_the_label_head_trains_the_vision_tower_directly_and_shares_its_pass(bat
     assert WarmupStage(BackboneSpec()).label_head is None
 
 
+def test_label_smoothing_spreads_the_label_heads_target_over_every_label(batch):
+    """``label_smoothing`` e: the loss is (1 - e) of the gold label's -log p plus e of the mean -log p over all the
+    ontology's labels; 0 is the plain cross-entropy."""
+    torch.manual_seed(0)
+    stage = WarmupStage(BackboneSpec(), label_loss_weight=1.0, label_smoothing=0.3)
+    features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
+    with torch.no_grad():
+        stage.label_head.weight.normal_(0, 1.0)  # far from uniform, so the two terms differ
+        logp = torch.log_softmax(stage.label_head(torch.stack([f.mean(0) for f in features]).float()), -1)
+        gold = torch.tensor([ONTOLOGY.index(t.label) for t in batch["targets"]])
+        nll, spread = -logp[torch.arange(len(gold)), gold].mean(), -logp.mean()
+        assert stage.label_loss(features, batch["targets"]).item() == pytest.approx((0.7 * nll + 0.3 * spread).item(), rel=1e-5)
+        stage.hparams.label_smoothing = 0.0
+        assert stage.label_loss(features, batch["targets"]).item() == pytest.approx(nll.item(), rel=1e-5)
+        assert abs(nll.item() - spread.item()) > 0.1
+    with pytest.raises(ValueError, match="label_smoothing=1"):
+        WarmupStage(BackboneSpec(), label_smoothing=1)
+
+
 def test_a_checkpoint_with_a_label_head_starts_later_stages_without_it(tmp_path):
     """The head is resumed with its warmup but left behind by Stage I/II, export and analyses; any other weight a
     stage lacks is still refused."""

@@ -46,6 +46,7 @@ FAST_TESTS: dict[str, list[str]] = {
     "data/transforms": ["tests/test_transforms.py"],
     "data/formats": ["tests/test_formats.py", "tests/test_parsers_property.py"],
     "models/fdlinear": ["tests/test_fdlinear.py"],
+    "models/stem": ["tests/test_stem.py"],
     "llm/judge": ["tests/test_llm.py", "tests/test_judge_units.py"],
     "llm/captions": ["tests/test_llm.py", "tests/test_captions.py", "tests/test_captions_records.py"],
     "resume": ["tests/test_resume_units.py"],

@@ -16,6 +16,8 @@ reference label (cross-entropy over the ontology's labels), weighted by it and a
 loss reaches the vision tower only through the language model; the head gives the tower a direct signal, which a
 randomly initialised tower on real photographs needs (``docs/results.md``, "Real photographs"). The head is a
 training aid: checkpointed for resume, never handed to a later stage or exported. 0 (the default) leaves it out.
+``label_smoothing`` smooths that head's targets (the mass spread over all the ontology's labels), as the CNN baseline
+of ``benchmarks/real_sample_baseline.py`` trains.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class WarmupStage(SkinflowStage):
         content_weight: loss weight of content tokens relative to format tokens (see the module docstring).
         label_loss_weight: weight of the auxiliary label loss on the vision features (0: none; see the module
             docstring).
+        label_smoothing: label smoothing of the auxiliary label loss (0: none).
         grading: credit values of the clinical hierarchy used by the validation/test metrics.
     """
 
@@ -67,6 +70,7 @@ class WarmupStage(SkinflowStage):
         content_weight: float = 1.0,
         grading: GradingSpec | None = None,
         label_loss_weight: float = 0.0,
+        label_smoothing: float = 0.0,
     ):
         # checked before the backbone is built: a bad value is one line, at once
         require(lr > 0, "lr", lr, "must be positive")
@@ -76,6 +80,7 @@ class WarmupStage(SkinflowStage):
         require(0 <= min_lr_ratio <= 1, "min_lr_ratio", min_lr_ratio, "must be in [0, 1]")
         require(content_weight > 0, "content_weight", content_weight, "must be positive (1: every target token alike)")
         require(label_loss_weight >= 0, "label_loss_weight", label_loss_weight, "must be >= 0 (0: no label head)")
+        require(0 <= label_smoothing < 1, "label_smoothing", label_smoothing, "must be in [0, 1)")
         super().__init__(backbone, max_new_tokens, init_from, grading)
         self.save_hyperparameters()
         self.label_head = None
@@ -87,7 +92,8 @@ class WarmupStage(SkinflowStage):
         """Cross-entropy of the label head on each image's mean merged vision token."""
         pooled = torch.stack([f.mean(0) for f in features])
         labels = torch.tensor([ONTOLOGY.index(t.label) for t in targets], device=pooled.device)
-        return nn.functional.cross_entropy(self.label_head(pooled.float()), labels)
+        return nn.functional.cross_entropy(self.label_head(pooled.float()), labels,
+                                           label_smoothing=self.hparams.label_smoothing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.label_head is None:
