@@ -245,9 +245,8 @@ def label_head_top1(stage, dm, split: str = "test") -> float:
     stage.eval()
     hits = total = 0
     with torch.no_grad():
-        loader = dm.test_dataloader()
-        if split != "test":
-            loader = torch.utils.data.DataLoader(unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
+        loader = dm.test_dataloader() if split == "test" else torch.utils.data.DataLoader(
+            unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
         for batch in loader:
             features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
             logits = stage.label_head(torch.stack([f.mean(0) for f in features]).float())
