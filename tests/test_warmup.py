@@ -169,6 +169,32 @@ def test_the_label_head_trains_the_vision_tower_directly_and_shares_its_pass(bat
     assert WarmupStage(BackboneSpec()).label_head is None
 
 
+def test_without_text_loss_into_vision_only_the_label_head_trains_the_tower(batch):
+    """``text_loss_trains_vision=False``: the vision tower's gradient is the label loss's alone (times its weight),
+    while the language model still learns from the text; with the default the text loss reaches the tower too."""
+    def grads(stage, loss):
+        stage.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in stage.named_parameters() if p.grad is not None}
+
+    torch.manual_seed(0)
+    stage = WarmupStage(BackboneSpec(), content_weight=10.0, label_loss_weight=0.5, text_loss_trains_vision=False)
+    features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
+    label_only = grads(stage, 0.5 * stage.label_loss(features, batch["targets"]))
+    loss, label_loss = stage.training_loss(batch)
+    both = grads(stage, loss)
+    text = stage.teacher_forced_loss(batch, 10.0).item() + 0.5 * label_loss.item()
+    assert loss.item() == pytest.approx(text, rel=1e-6)  # the loss's value is the same; only its gradient stops
+    visual = [n for n in label_only if ".visual." in n and label_only[n].abs().sum() > 0]
+    assert visual and all(torch.allclose(both[n], label_only[n], atol=1e-7) for n in visual)
+    assert any(".visual." not in n and not n.startswith("label_head.") and g.abs().sum() > 0 for n, g in both.items())
+    stage.hparams.text_loss_trains_vision = True
+    with_text = grads(stage, stage.training_loss(batch)[0])
+    assert not all(torch.allclose(with_text[n], label_only[n], atol=1e-7) for n in visual)
+    with pytest.raises(ValueError, match="text_loss_trains_vision=False"):
+        WarmupStage(BackboneSpec(), text_loss_trains_vision=False)
+
+
 def test_label_smoothing_spreads_the_label_heads_target_over_every_label(batch):
     """``label_smoothing`` e: the loss is (1 - e) of the gold label's -log p plus e of the mean -log p over all the
     ontology's labels; 0 is the plain cross-entropy."""

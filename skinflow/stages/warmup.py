@@ -17,7 +17,9 @@ loss reaches the vision tower only through the language model; the head gives th
 randomly initialised tower on real photographs needs (``docs/results.md``, "Real photographs"). The head is a
 training aid: checkpointed for resume, never handed to a later stage or exported. 0 (the default) leaves it out.
 ``label_smoothing`` smooths that head's targets (the mass spread over all the ontology's labels), as the CNN baseline
-of ``benchmarks/real_sample_baseline.py`` trains.
+of ``benchmarks/real_sample_baseline.py`` trains. ``text_loss_trains_vision`` false stops the text loss's gradient at
+the vision features: the tower and merger then learn from the label head alone (as the baseline's tower arm does),
+and the language model learns to read them.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class WarmupStage(SkinflowStage):
         label_loss_weight: weight of the auxiliary label loss on the vision features (0: none; see the module
             docstring).
         label_smoothing: label smoothing of the auxiliary label loss (0: none).
+        text_loss_trains_vision: whether the text loss's gradient reaches the vision tower (false needs the label
+            head: it is then the tower's only signal).
         grading: credit values of the clinical hierarchy used by the validation/test metrics.
     """
 
@@ -71,6 +75,7 @@ class WarmupStage(SkinflowStage):
         grading: GradingSpec | None = None,
         label_loss_weight: float = 0.0,
         label_smoothing: float = 0.0,
+        text_loss_trains_vision: bool = True,
     ):
         # checked before the backbone is built: a bad value is one line, at once
         require(lr > 0, "lr", lr, "must be positive")
@@ -81,6 +86,8 @@ class WarmupStage(SkinflowStage):
         require(content_weight > 0, "content_weight", content_weight, "must be positive (1: every target token alike)")
         require(label_loss_weight >= 0, "label_loss_weight", label_loss_weight, "must be >= 0 (0: no label head)")
         require(0 <= label_smoothing < 1, "label_smoothing", label_smoothing, "must be in [0, 1)")
+        require(text_loss_trains_vision or label_loss_weight > 0, "text_loss_trains_vision", text_loss_trains_vision,
+                "false needs label_loss_weight > 0 (else nothing trains the vision tower)")
         super().__init__(backbone, max_new_tokens, init_from, grading)
         self.save_hyperparameters()
         self.label_head = None
@@ -95,14 +102,21 @@ class WarmupStage(SkinflowStage):
         return nn.functional.cross_entropy(self.label_head(pooled.float()), labels,
                                            label_smoothing=self.hparams.label_smoothing)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The loss to minimise and the label head's loss (None without the head)."""
         if self.label_head is None:
-            loss = self.teacher_forced_loss(batch, self.hparams.content_weight)
-        else:  # one pass of the vision tower feeds both losses
-            features = self.encode_images(self.model, batch["pixel_values"], batch["image_grid_thw"])
-            label_loss = self.label_loss(features, batch["targets"])
-            loss = self.teacher_forced_loss(batch, self.hparams.content_weight, features) \
-                + self.hparams.label_loss_weight * label_loss
+            return self.teacher_forced_loss(batch, self.hparams.content_weight), None
+        # one pass of the vision tower feeds both losses
+        features = self.encode_images(self.model, batch["pixel_values"], batch["image_grid_thw"])
+        label_loss = self.label_loss(features, batch["targets"])
+        if not self.hparams.text_loss_trains_vision:
+            features = tuple(f.detach() for f in features)
+        text_loss = self.teacher_forced_loss(batch, self.hparams.content_weight, features)
+        return text_loss + self.hparams.label_loss_weight * label_loss, label_loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, label_loss = self.training_loss(batch)
+        if label_loss is not None:
             self.log("train/label_loss", label_loss, batch_size=len(batch["targets"]))
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["targets"]))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
