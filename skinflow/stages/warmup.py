@@ -19,7 +19,8 @@ training aid: checkpointed for resume, never handed to a later stage or exported
 ``label_smoothing`` smooths that head's targets (the mass spread over all the ontology's labels), as the CNN baseline
 of ``benchmarks/real_sample_baseline.py`` trains. ``text_loss_trains_vision`` false stops the text loss's gradient at
 the vision features: the tower and merger then learn from the label head alone (as the baseline's tower arm does),
-and the language model learns to read them.
+and the language model learns to read them (on the real-photograph recipe it did not help, seed 0: test top-1 0.264
+against 0.277; ``docs/results.md``).
 """
 
 from __future__ import annotations
