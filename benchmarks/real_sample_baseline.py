@@ -249,7 +249,7 @@ def label_head_top1(stage, dm, split: str = "test") -> float:
             unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
         for batch in loader:
             features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
-            logits = stage.label_head(torch.stack([f.mean(0) for f in features]).float())
+            logits = stage.label_logits(features)
             gold = torch.tensor([ONTOLOGY.index(t.label) for t in batch["targets"]])
             hits += int((logits.argmax(-1) == gold).sum())
             total += len(gold)

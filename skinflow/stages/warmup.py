@@ -96,12 +96,15 @@ class WarmupStage(SkinflowStage):
             hidden = bare_model(self.model).config.text_config.hidden_size  # the merger's output width
             self.label_head = nn.Linear(hidden, len(ONTOLOGY))
 
+    def label_logits(self, features: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The label head on each image's mean merged vision token: (images, ontology labels)."""
+        return self.label_head(torch.stack([f.mean(0) for f in features]).float())
+
     def label_loss(self, features: tuple[torch.Tensor, ...], targets) -> torch.Tensor:
-        """Cross-entropy of the label head on each image's mean merged vision token."""
-        pooled = torch.stack([f.mean(0) for f in features])
-        labels = torch.tensor([ONTOLOGY.index(t.label) for t in targets], device=pooled.device)
-        return nn.functional.cross_entropy(self.label_head(pooled.float()), labels,
-                                           label_smoothing=self.hparams.label_smoothing)
+        """Cross-entropy of the label head (``label_logits``)."""
+        logits = self.label_logits(features)
+        labels = torch.tensor([ONTOLOGY.index(t.label) for t in targets], device=logits.device)
+        return nn.functional.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
 
     def training_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The loss to minimise and the label head's loss (None without the head)."""
