@@ -60,6 +60,50 @@ def test_the_stem_replaces_the_patch_embedding_and_the_model_runs(conv):
         stem_params - 3 * 2 * 14 * 14 * 128)
 
 
+def test_the_stem_is_the_architecture_the_results_were_measured_with():
+    """docs/results.md's figures belong to this stem: a 5 x 5 stride-2 convolution to half the first width, then a
+    3 x 3 conv-BatchNorm-ReLU stage per width, the convolutions without bias (BatchNorm follows), two 2 x 2 max-pools
+    (stride 8 at patch 14), an RGB input and a 1 x 1 projection: 0.27 M parameters more than the patch embedding at
+    the tiny preset's width."""
+    stem = ConvStem(14, 2, 2, 128)
+    convs = [m for m in stem.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.bias) for c in convs] == [
+        (3, 32, (5, 5), (2, 2), (2, 2), None), (32, 64, (3, 3), (1, 1), (1, 1), None),
+        (64, 128, (3, 3), (1, 1), (1, 1), None), (128, 256, (3, 3), (1, 1), (1, 1), None)]
+    pools = [m for m in stem.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride) for p in pools] == [(2, 2), (2, 2)]
+    norms = [m.num_features for m in stem.features if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms == [32, 64, 128, 256]
+    expected = (3 * 32 * 25 + 32 * 64 * 9 + 64 * 128 * 9 + 128 * 256 * 9  # convolutions
+                + 2 * (32 + 64 + 128 + 256)  # BatchNorm scale and shift
+                + 256 * 128 + 128)  # projection
+    assert sum(p.numel() for p in stem.parameters()) == expected
+    assert round((expected - 3 * 2 * 14 * 14 * 128) / 1e6, 2) == 0.27  # net of the patch embedding it replaces
+    # the feature map is the image at the stem's stride, before the pool to the patch grid
+    for height, width in ((112, 112), (112, 140)):
+        assert tuple(stem.features(torch.zeros(1, 3, height, width)).shape) == (1, 256, height // 8, width // 8)
+
+
+def test_a_stem_without_its_grid_says_how_to_attach_it():
+    with pytest.raises(RuntimeError, match="^ConvStem needs the batch's grid_thw: attach it with attach_conv_stem$"):
+        ConvStem(14, 2, 2, 128)(torch.zeros(64, 3 * 2 * 14 * 14))
+
+
+def test_a_bfloat16_tower_gets_a_bfloat16_stem_that_takes_float32_pixels():
+    """The stem takes the tower's dtype, and the processor's float32 rows are cast to it (as the stock patch
+    embedding casts them)."""
+    model, processor = build_backbone(BackboneSpec(dtype="bfloat16", tiny=TinySize(stem="conv")))
+    stem = model.model.visual.patch_embed
+    assert {p.dtype for p in stem.parameters()} == {torch.bfloat16}
+    vision = processor.images(photos([(112, 112)]))
+    assert vision["pixel_values"].dtype == torch.float32
+    tokens = model.model.get_image_features(vision["pixel_values"], vision["image_grid_thw"], return_dict=True).pooler_output
+    assert tokens[0].dtype == torch.bfloat16 and torch.isfinite(tokens[0].float()).all()
+    # called on its own, as the stock patch embedding may be (the model casts before it), the stem casts too
+    stem.grid_thw = vision["image_grid_thw"]
+    assert stem(vision["pixel_values"]).dtype == torch.bfloat16
+
+
 def test_each_image_is_embedded_alone_in_eval_mode(conv):
     """In eval mode (running statistics) an image's rows do not depend on what it is batched with, nor on its place
     in the batch; in train mode the batch's statistics join them, as in any BatchNorm network."""
