@@ -225,6 +225,21 @@ def test_a_bfloat16_layer_keeps_bfloat16_activations():
     assert torch.allclose(packed.float(), y.reshape(10, 12).float(), atol=0.05)
 
 
+def test_a_float32_layer_answers_bfloat16_activations_in_bfloat16():
+    """Float32 weights under bfloat16 activations (Lightning's bf16-mixed autocast, or a bf16 input to an fp32
+    layer): the output stays bfloat16 and equals the float32 computation to bf16 precision. The float32 bias, if not
+    cast to the activations' dtype, would promote the output to float32."""
+    torch.manual_seed(0)
+    layer = FDLinear.from_linear(torch.nn.Linear(16, 12), num_groups=4)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(2, 5, 16).to(torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), layer(x.float()), atol=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x).dtype == torch.bfloat16
+
+
 def test_the_heads_normalise_with_rmsnorm_at_eps_1e_6_even_for_faint_images():
     """gains = 2 sigmoid(head(relu(RMSNorm(squeeze(descriptor))))) with RMSNorm's eps 1e-6: written out here and
     compared on descriptors faint enough (squeezed mean square about 1e-6) that another eps changes the gains."""
