@@ -9,6 +9,10 @@ from skinflow.models.backbone import BackboneSpec, TinySize, backbone_identity, 
 from skinflow.models.stem import ConvStem, grid_to_rows, rows_to_images
 
 
+# the stock patch embedding's parameters at the tiny preset's width (RGB x 2 frames x 14 x 14 patch -> 128, no bias)
+PATCH_EMBED_PARAMS = 3 * 2 * 14 * 14 * 128
+
+
 def photos(sizes, seed=0):
     rng = np.random.default_rng(seed)
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
@@ -57,7 +61,7 @@ def test_the_stem_replaces_the_patch_embedding_and_the_model_runs(conv):
     default, _ = build_backbone(BackboneSpec())
     stem_params = sum(p.numel() for p in visual.patch_embed.parameters())
     assert sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in default.parameters()) == (
-        stem_params - 3 * 2 * 14 * 14 * 128)
+        stem_params - PATCH_EMBED_PARAMS)
 
 
 def test_the_stem_is_the_architecture_the_results_were_measured_with():
@@ -78,7 +82,7 @@ def test_the_stem_is_the_architecture_the_results_were_measured_with():
                 + 2 * (32 + 64 + 128 + 256)  # BatchNorm scale and shift
                 + 256 * 128 + 128)  # projection
     assert sum(p.numel() for p in stem.parameters()) == expected
-    assert round((expected - 3 * 2 * 14 * 14 * 128) / 1e6, 2) == 0.27  # net of the patch embedding it replaces
+    assert round((expected - PATCH_EMBED_PARAMS) / 1e6, 2) == 0.27  # net of the patch embedding it replaces
     # the feature map is the image at the stem's stride, before the pool to the patch grid
     for height, width in ((112, 112), (112, 140)):
         assert tuple(stem.features(torch.zeros(1, 3, height, width)).shape) == (1, 256, height // 8, width // 8)
