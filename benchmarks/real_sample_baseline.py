@@ -194,9 +194,11 @@ def train_arm(arm: str, dm, seed: int, epochs: int, lr: float, batch_size: int, 
     return result
 
 
-def vlm_arm(seed: int, extra: list[str] = ()) -> dict[str, float]:
+def vlm_arm(seed: int, extra: list[str] = (), rank_labels: bool = False) -> dict[str, float]:
     """The kit's real-sample warmup recipe through its CLI (``extra``: overrides, for the diagnosis' variants); its
-    test metrics as logged, and how many distinct first answers it gave on the test split (1: collapsed)."""
+    test metrics as logged, and how many distinct first answers it gave on the test split (1: collapsed).
+    ``rank_labels``: also the language model's likelihood ranking of the labels on test and train
+    (``likelihood_ranking``; about 4 minutes more a seed on 2 cores)."""
     from skinflow.data.formats import parse_answer
     from skinflow.launcher import lightning_cli
     from skinflow.stages.base import SkinflowStage
@@ -220,10 +222,15 @@ def vlm_arm(seed: int, extra: list[str] = ()) -> dict[str, float]:
     finally:
         SkinflowStage.generate_text = original
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
-    return {"top1": metrics["test/top1_exact"], "top6": metrics["test/top6_exact"], "three": metrics["test/top1_three"],
-            "distinct_top1": len(set(first_answers)), "seconds": time.time() - start, "params": float("nan"),
-            "head_top1": safe_head_top1(cli.model, cli.datamodule),
-            "head_train_top1": safe_head_top1(cli.model, cli.datamodule, "train")}
+    out = {"top1": metrics["test/top1_exact"], "top6": metrics["test/top6_exact"], "three": metrics["test/top1_three"],
+           "distinct_top1": len(set(first_answers)), "seconds": time.time() - start, "params": float("nan"),
+           "head_top1": safe_head_top1(cli.model, cli.datamodule),
+           "head_train_top1": safe_head_top1(cli.model, cli.datamodule, "train")}
+    if rank_labels:
+        for split in ("test", "train"):
+            ranking = likelihood_ranking(cli.model, cli.datamodule, split)
+            out[f"rank_{split}_top1"], out[f"rank_{split}_top6"] = ranking["top1"], ranking["top6"]
+    return out
 
 
 def safe_head_top1(stage, dm, split: str = "test") -> float:
@@ -254,6 +261,79 @@ def label_head_top1(stage, dm, split: str = "test") -> float:
             hits += int((logits.argmax(-1) == gold).sum())
             total += len(gold)
     return hits / max(total, 1)
+
+
+def first_entry_texts(labels) -> list[str]:
+    """Each label as the answer's first entry, as the warmup teaches it: the rendered answer up to the entry's end
+    (its newline included, so "melanoma" does not also score the start of "melanoma in situ")."""
+    from skinflow.data.formats import render_answer
+
+    texts = []
+    for label in labels:
+        text = render_answer((label,))
+        texts.append(text[: text.index(label) + len(label) + 1])
+    return texts
+
+
+@torch.no_grad()
+def label_loglikelihoods(stage, batch, labels) -> torch.Tensor:
+    """log P(the answer's first entry is ``label`` | prompt, image) under the language model, for every image of
+    ``batch`` and every label: (images, labels). The model's own ranking of the labels, beside the answer it writes
+    greedily (whose entries 2-6 are the first one's neighbours in the label tree, as the warmup teaches)."""
+    from skinflow.models.unwrap import bare_model
+    from skinflow.stages.base import LOGPROB_CHUNK_MIB
+
+    pad = stage.processor.tokenizer.pad_token_id
+    entries = [stage.processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in first_entry_texts(labels)]
+    width = max(map(len, entries))
+    tokens = torch.full((len(entries), width), pad)
+    valid = torch.zeros(len(entries), width, dtype=torch.bool)
+    for j, ids in enumerate(entries):
+        tokens[j, :len(ids)], valid[j, :len(ids)] = torch.tensor(ids), True
+    features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
+    rows = []
+    for i, image in enumerate(features):
+        prompt = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()]
+        P = len(prompt)
+        ids = torch.cat([prompt.expand(len(entries), P), tokens], 1)  # right-padded: a causal model scores alike
+        mask = torch.cat([torch.ones(len(entries), P, dtype=torch.long), valid.long()], 1)
+        inputs = stage.model_inputs(ids, mask, None, batch["image_grid_thw"][i:i + 1].expand(len(entries), -1),
+                                    tuple(image for _ in entries))
+        hidden = bare_model(stage.model).model(**inputs, use_cache=False).last_hidden_state
+        logp, _ = stage.head_logprobs(stage.model, hidden[:, P - 1:P - 1 + width], tokens, valid, LOGPROB_CHUNK_MIB)
+        rows.append(logp.sum(1))  # 0 at the padding
+    return torch.stack(rows)
+
+
+def likelihood_ranking(stage, dm, split: str = "test") -> dict[str, float]:
+    """Top-1 and top-6 of the language model's likelihood ranking of every ontology label (``label_loglikelihoods``)
+    on ``split`` (``train`` with the evaluation transform, as ``label_head_top1``)."""
+    stage.eval()
+    labels = ONTOLOGY.labels
+    hits1 = hits6 = total = 0
+    loader = dm.test_dataloader() if split == "test" else torch.utils.data.DataLoader(
+        unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
+    for batch in loader:
+        ranked = label_loglikelihoods(stage, batch, labels).argsort(1, descending=True)
+        gold = torch.tensor([ONTOLOGY.index(t.label) for t in batch["targets"]])
+        hits1 += int((ranked[:, 0] == gold).sum())
+        hits6 += int((ranked[:, :6] == gold[:, None]).any(1).sum())
+        total += len(gold)
+    return {"top1": hits1 / max(total, 1), "top6": hits6 / max(total, 1)}
+
+
+def rank_checkpoint(path: str, seed: int) -> None:
+    """Print the label head's and the likelihood ranking's top-1 / top-6 of a trained warmup checkpoint, test and
+    train split (the data of ``seed``: the split is the recipe's whatever the seed)."""
+    from skinflow.stages.warmup import WarmupStage
+
+    stage = WarmupStage.load_from_checkpoint(path, map_location="cpu")
+    dm = datamodule(seed)
+    dm.processor = stage.processor  # the checkpoint's own (its patch size)
+    for split in ("test", "train"):
+        ranking = likelihood_ranking(stage, dm, split)
+        print(f"{split}: labels ranked by likelihood: top-1 {ranking['top1']:.3f}  top-6 {ranking['top6']:.3f}  "
+              f"label head top-1 {label_head_top1(stage, dm, split):.3f}")
 
 
 def save_grid(dm, path: str, n: int = 16) -> None:
@@ -298,6 +378,11 @@ def main() -> None:
                         help="a tiny-preset size for the tower arms (repeatable), e.g. --tiny vision_depth=6")
     parser.add_argument("--vlm", action="store_true", help="also run the kit's warmup recipe per seed")
     parser.add_argument("--save-grid", default=None, help="write a PNG of a training batch as the model sees it")
+    parser.add_argument("--rank-labels", action="store_true", help="with --vlm: also rank every label by the language "
+                        "model's likelihood as the first answer (top-1 / top-6 on test and train)")
+    parser.add_argument("--rank-checkpoint", default=None, metavar="CKPT",
+                        help="instead of training: the label head's and the likelihood ranking's figures of a warmup "
+                        "checkpoint of the recipe (e.g. .cache/baseline_vlm/0/checkpoints/*.ckpt)")
     parser.add_argument("--vlm-arg", action="append", default=[], help="an override for the VLM recipe (repeatable), "
                         "e.g. --vlm-arg=--trainer.max_epochs=36")
     ns = parser.parse_args()
@@ -312,6 +397,9 @@ def main() -> None:
         if key not in TINY_FIELDS or not value:
             parser.error(f"--tiny {pair!r}: expected KEY=VALUE with KEY one of {sorted(TINY_FIELDS)}")
         tiny[key] = TINY_FIELDS[key](value)
+    if ns.rank_checkpoint:
+        rank_checkpoint(ns.rank_checkpoint, ns.seeds[0])
+        return
     results: dict[str, list[dict]] = {}
     for seed in ns.seeds:
         dm = datamodule(seed, ns.image_size, tiny)
@@ -327,11 +415,14 @@ def main() -> None:
                   f"{out['params'] / 1e6:.2f} M trained, {out['seconds']:.0f} s)")
             results.setdefault(arm, []).append(out)
         if ns.vlm:
-            out = vlm_arm(seed, ns.vlm_arg)
+            out = vlm_arm(seed, ns.vlm_arg, ns.rank_labels)
             print(f"  vlm    seed {seed}: top-1 {out['top1']:.3f}  top-6 {out['top6']:.3f}  three {out['three']:.3f}  "
                   f"distinct top-1 answers {out['distinct_top1']}  label head top-1 {out['head_top1']:.3f} "
                   f"(train split {out['head_train_top1']:.3f})  "
                   f"({out['seconds']:.0f} s) {' '.join(ns.vlm_arg)}")
+            if ns.rank_labels:
+                print(f"  vlm    seed {seed}, labels ranked by likelihood: top-1 {out['rank_test_top1']:.3f}  top-6 "
+                      f"{out['rank_test_top6']:.3f}  (train split top-1 {out['rank_train_top1']:.3f})")
             results.setdefault("vlm", []).append(out)
     print("\n| arm | top-1 | top-6 | three-class | seeds |\n|---|---|---|---|---|")
     for arm, runs in results.items():

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
@@ -136,3 +137,48 @@ def test_gpu_scale_grid_prints_every_lever_on_and_off():
     rows = [line.split() for line in out.splitlines() if line.strip().startswith("8 ")]
     assert {(row[1], row[2]) for row in rows} == {("hf", "0"), ("hf", "64"), ("compiled", "0"), ("compiled", "64")}
     assert out.strip().splitlines()[-1].startswith("EasyR1")
+
+
+def test_the_likelihood_ranking_scores_each_label_as_the_whole_model_does(synth_dir, tiny, tmp_path):
+    """``label_loglikelihoods`` (one image's prompt beside every label, right-padded, the vision tower run once) equals
+    the first entry's log-probability summed from the model's own full logits, one sequence and one image at a time:
+    the positions, the padding and the image all count."""
+    import importlib.util
+
+    from skinflow.data.datamodule import Fitzpatrick17kDataModule
+    from skinflow.data.ontology import ONTOLOGY
+    from skinflow.stages.warmup import WarmupStage
+
+    spec = importlib.util.spec_from_file_location("real_sample_baseline", REPO / "benchmarks" / "real_sample_baseline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.first_entry_texts(["melanoma"]) == ["<answer>\n1. melanoma\n"]  # the entry ends at its newline
+
+    dm = Fitzpatrick17kDataModule(csv_path=str(synth_dir / "labels.csv"), cache_dir=str(tmp_path / "c"), progress=False,
+                                  batch_size=2, augment=False)
+    dm.processor = tiny[1]
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    stage = WarmupStage().eval()
+    tok = stage.processor.tokenizer
+    labels = ["acne", "melanoma", "basal cell carcinoma", "seborrheic keratosis"]  # entries of different lengths
+    assert all(label in ONTOLOGY.labels for label in labels)
+    lengths = {len(tok(text, add_special_tokens=False)["input_ids"]) for text in bench.first_entry_texts(labels)}
+    assert len(lengths) > 1  # so the right padding is exercised
+    scores = bench.label_loglikelihoods(stage, batch, labels)
+    assert scores.shape == (2, len(labels))
+
+    patches = batch["image_grid_thw"].prod(1).tolist()
+    pixels = batch["pixel_values"].split(patches)
+    expected = torch.zeros(2, len(labels))
+    with torch.no_grad():
+        for i in range(2):
+            prompt = batch["prompt_ids"][i][batch["prompt_mask"][i].bool()].tolist()
+            for j, text in enumerate(bench.first_entry_texts(labels)):
+                entry = tok(text, add_special_tokens=False)["input_ids"]
+                ids = torch.tensor([prompt + entry])
+                inputs = stage.model_inputs(ids, torch.ones_like(ids), pixels[i], batch["image_grid_thw"][i:i + 1])
+                logp = stage.model(**inputs).logits[0].float().log_softmax(-1)
+                expected[i, j] = sum(logp[len(prompt) - 1 + k, token] for k, token in enumerate(entry))
+    assert torch.allclose(scores, expected, atol=1e-4)
+    assert scores[0].std() > 0.01 and not torch.allclose(scores[0], scores[1])  # labels and images tell apart
