@@ -213,3 +213,22 @@ def test_sigterm_during_a_stages_test_stops_the_pipeline_with_its_runs_killed(tm
     client.set_terminated(newer.info.run_id, "FINISHED")
     pipeline = load_pipeline(REPO / "configs/pipeline/demo.yaml")
     assert find_parent(client, experiment, pipeline, "last").info.run_id == parent.info.run_id
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_quick.yaml", "ablation_tiny_synthetic.yaml", "ablation_tiny_real_sample.yaml"])
+def test_every_stage_of_a_shipped_pipeline_builds_the_backbone_its_handoff_accepts(name, monkeypatch):
+    """A stage starts from the previous stage's checkpoint only on the same backbone (``check_identity``: the
+    architecture's hash). A stage whose config or args named another (a depth, the stem) would fail at the handoff,
+    after the earlier stages' minutes or hours; here it fails at once. Each stage is built as the pipeline builds it:
+    its config, then its args."""
+    from skinflow.launcher import lightning_cli
+    from skinflow.models.backbone import backbone_identity
+
+    monkeypatch.chdir(REPO)  # the configs' data paths are relative to the repository root (nothing is read here)
+    pipeline = load_pipeline(REPO / "configs/pipeline" / name)
+    identities = {}
+    for stage in pipeline.stages:
+        cli = lightning_cli(["--config", str(stage.config), *stage.args, "--trainer.logger=false"], run=False)
+        identities[stage.name] = backbone_identity(cli.model.backbone_spec, cli.model.model)["config_sha256"]
+    assert len(identities) == len(pipeline.stages) >= 3
+    assert len(set(identities.values())) == 1, identities
