@@ -90,6 +90,13 @@ def unaugmented(dm, split: str):
     return dataset
 
 
+def evaluation_batches(dm, split: str):
+    """``split``'s batches as the model is evaluated on them: the test loader, or ``unaugmented`` for the others."""
+    if split == "test":
+        return dm.test_dataloader()
+    return torch.utils.data.DataLoader(unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
+
+
 class SmallCNN(nn.Module):
     """A 5x5 stride-2 stem, then four conv-BN-ReLU-maxpool stages (64, 128, 256, 384 channels), global average pool,
     dropout, linear: 1.27 M parameters, about 0.25 GMAC an image at 112 px (cheap enough for 2 CPU cores)."""
@@ -252,9 +259,7 @@ def label_head_top1(stage, dm, split: str = "test") -> float:
     stage.eval()
     hits = total = 0
     with torch.no_grad():
-        loader = dm.test_dataloader() if split == "test" else torch.utils.data.DataLoader(
-            unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
-        for batch in loader:
+        for batch in evaluation_batches(dm, split):
             features = stage.encode_images(stage.model, batch["pixel_values"], batch["image_grid_thw"])
             logits = stage.label_logits(features)
             gold = torch.tensor([ONTOLOGY.index(t.label) for t in batch["targets"]])
@@ -311,9 +316,7 @@ def likelihood_ranking(stage, dm, split: str = "test") -> dict[str, float]:
     stage.eval()
     labels = ONTOLOGY.labels
     hits1 = hits6 = total = 0
-    loader = dm.test_dataloader() if split == "test" else torch.utils.data.DataLoader(
-        unaugmented(dm, split), batch_size=32, collate_fn=dm.collator("test"))
-    for batch in loader:
+    for batch in evaluation_batches(dm, split):
         ranked = label_loglikelihoods(stage, batch, labels).argsort(1, descending=True)
         gold = torch.tensor([ONTOLOGY.index(t.label) for t in batch["targets"]])
         hits1 += int((ranked[:, 0] == gold).sum())
