@@ -400,7 +400,11 @@ def main() -> None:
         if key not in TINY_FIELDS or not value:
             parser.error(f"--tiny {pair!r}: expected KEY=VALUE with KEY one of {sorted(TINY_FIELDS)}")
         tiny[key] = TINY_FIELDS[key](value)
+    if ns.rank_labels and not ns.vlm:
+        parser.error("--rank-labels ranks the labels of the --vlm run: add --vlm (or use --rank-checkpoint CKPT)")
     if ns.rank_checkpoint:
+        if not Path(ns.rank_checkpoint).is_file():
+            parser.error(f"--rank-checkpoint {ns.rank_checkpoint!r}: no such checkpoint file")
         rank_checkpoint(ns.rank_checkpoint, ns.seeds[0])
         return
     results: dict[str, list[dict]] = {}

@@ -182,3 +182,13 @@ def test_the_likelihood_ranking_scores_each_label_as_the_whole_model_does(synth_
                 expected[i, j] = sum(logp[len(prompt) - 1 + k, token] for k, token in enumerate(entry))
     assert torch.allclose(scores, expected, atol=1e-4)
     assert scores[0].std() > 0.01 and not torch.allclose(scores[0], scores[1])  # labels and images tell apart
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rank-labels"], "--rank-labels ranks the labels of the --vlm run: add --vlm"),
+    (["--rank-checkpoint", "no/such.ckpt"], "--rank-checkpoint 'no/such.ckpt': no such checkpoint file"),
+])
+def test_the_ranking_options_refuse_what_they_cannot_do_in_one_line(args, message):
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_sample_baseline.py"), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1], out.stderr[-500:]
